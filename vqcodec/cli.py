@@ -1,0 +1,127 @@
+"""Command line: parse arguments, call one library function, map errors to one line + exit status."""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer.exceptions import TyperException
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="vqcodec: a learned spatiotemporal VQ-VAE video codec.")
+_state = {"debug": False}
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="show Python tracebacks on errors")) -> None:
+    _state["debug"] = debug
+
+
+ModelOpt = typer.Option(None, "--model", "-m", help="model file (default: the shipped models/default.pt)")
+DeviceOpt = typer.Option(Device.auto, "--device", help="where the network runs")
+YesOpt = typer.Option(False, "-y", "--yes", help="overwrite an existing output")
+
+
+@app.command()
+def encode(input: Path = typer.Argument(..., help="any video PyAV can open"),
+           output: Path = typer.Option(..., "-o", "--output", help="the .vqv file to write"),
+           quality: int = typer.Option(4, "--quality", "-q", help="1 (smallest) .. 8 (best picture)"),
+           model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
+    """Compress a video into a .vqv file."""
+    from .codec import encode_file
+    from .console import progress_bar
+    from .video import probe
+
+    with progress_bar("encode", probe(input).frames) as advance:
+        report = encode_file(input, output, quality=quality, model=model, device=device.value,
+                             overwrite=yes, progress=advance)
+    typer.echo(report.summary())
+
+
+@app.command()
+def decode(input: Path = typer.Argument(..., help="a .vqv file"),
+           output: Path = typer.Option(..., "-o", "--output", help=".y4m, .mkv, .mp4, .png (one frame) or a folder"),
+           conceal: bool = typer.Option(False, "--conceal", help="conceal damaged segments instead of failing"),
+           model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
+    """Decompress a .vqv file into a video (container chosen by the extension)."""
+    from .codec import decode_file, inspect_header
+    from .console import progress_bar
+
+    with progress_bar("decode", inspect_header(input).frames) as advance:
+        report = decode_file(input, output, model=model, device=device.value, overwrite=yes,
+                             conceal=conceal, progress=advance)
+    typer.echo(report.summary())
+
+
+@app.command()
+def info(input: Path = typer.Argument(..., help="a .vqv file"),
+         as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Show what is inside a .vqv file: header, segments, damage."""
+    from .codec import inspect
+
+    d = inspect(input)
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    for key in ("version", "model", "width", "height", "fps", "frames", "pix_fmt", "quality", "stages",
+                "group_frames", "segment_frames", "segments", "bytes", "kbps", "bpp"):
+        typer.echo(f"{key:>15}: {d[key]}")
+    for s in d["damaged"]:
+        typer.echo(f"{'damaged':>15}: segment {s['index']} (frames {s['first_frame']}-"
+                   f"{s['first_frame'] + s['frames'] - 1}): {s['reason']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (tests call this directly)."""
+    from .errors import VqvError
+
+    args = sys.argv[1:] if argv is None else argv
+    _state["debug"] = "--debug" in args
+    try:
+        app(args=args, prog_name="vqcodec", standalone_mode=False)
+        return 0
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("vqcodec: interrupted", file=sys.stderr)
+        return 130
+    except TyperException as exc:  # usage errors (typer's own click)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"vqcodec: error: {message} (see vqcodec --help)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vqcodec: interrupted", file=sys.stderr)
+        return 130
+    except VqvError as exc:
+        _trace()
+        print(f"vqcodec: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        _trace()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"vqcodec: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line unless --debug
+        _trace()
+        print(f"vqcodec: internal error: {exc.__class__.__name__}: {exc} (run with --debug for details)",
+              file=sys.stderr)
+        return 3
+
+
+def _trace() -> None:
+    if _state["debug"]:
+        traceback.print_exc()
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""The codec: video I/O + network + entropy coder + bitstream, streamed segment by segment.
+
+encode_file / decode_file / inspect are the library calls behind the CLI.  Memory is bounded
+by one segment (``segment_frames`` frames) whatever the video's length; outputs go to a
+temporary name in the target folder and are renamed only when complete.
+"""
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from . import bitstream as bs
+from .entropy import EntropyCoder
+from .errors import FormatError, InputError, ModelMismatch, VqvError
+from .modelfile import CodecModel, load_model
+from .video import Frame, PngWriter, VideoWriter, output_kind, probe, read_frames
+
+QUALITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)  # fraction of the VQ depth per quality
+DEFAULT_QUALITY = 4
+DEFAULT_SEGMENT_FRAMES = 32
+DEFAULT_BATCH = 4  # temporal groups through the network at once
+
+Progress = Callable[[int], None]  # called with the number of frames just finished
+
+
+def stages_for_quality(quality: int, max_stages: int) -> int:
+    if not 1 <= quality <= len(QUALITY_LEVELS):
+        raise VqvError(f"--quality must be an integer from 1 to {len(QUALITY_LEVELS)}, got {quality}")
+    return max(1, round(QUALITY_LEVELS[quality - 1] * max_stages))
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VqvError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
+    if device not in ("cpu", "cuda"):
+        raise VqvError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
+# -- temporary outputs ------------------------------------------------------------------------
+def check_output(path: Path, overwrite: bool) -> None:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise VqvError(f"{path}: already exists (use -y to overwrite)")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise VqvError(f"{parent}: output folder does not exist")
+    if not os.access(parent, os.W_OK):
+        raise VqvError(f"{parent}: output folder is not writable")
+
+
+@contextmanager
+def atomic_output(path: Path, overwrite: bool, folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, else remove it."""
+    path = Path(path)
+    check_output(path, overwrite)
+    tmp = path.with_name(f".{path.name}.part{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        if folder and path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists() and path.is_dir() != folder:
+            raise VqvError(f"{path}: exists and is a {'folder' if path.is_dir() else 'file'}")
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+# -- frames <-> tensors ------------------------------------------------------------------------
+def pad_planes(frames: list[Frame], patch: int, t: int):
+    """Frames -> float tensors y (G,T,Hp,Wp), u, v (G,T,Hp/2,Wp/2) in [0,1], edge-padded."""
+    while len(frames) % t:
+        frames = frames + [frames[-1]]
+    H, W = frames[0].height, frames[0].width
+    Hp, Wp = math.ceil(H / patch) * patch, math.ceil(W / patch) * patch
+
+    def stack(planes, h, w):
+        a = np.stack(planes)
+        a = np.pad(a, ((0, 0), (0, h - a.shape[1]), (0, w - a.shape[2])), mode="edge")
+        return torch.from_numpy(a).float().div_(255.0).reshape(-1, t, h, w)
+
+    return (stack([f.y for f in frames], Hp, Wp), stack([f.u for f in frames], Hp // 2, Wp // 2),
+            stack([f.v for f in frames], Hp // 2, Wp // 2))
+
+
+def to_frames(y, u, v, width: int, height: int, count: int) -> list[Frame]:
+    """Decoder planes (G,T,..) in [0,1] -> `count` cropped uint8 Frames."""
+    cw, ch = (width + 1) // 2, (height + 1) // 2
+    q = lambda p: p.mul(255.0).round_().to(torch.uint8).reshape(-1, *p.shape[2:]).cpu().numpy()
+    Y, U, V = q(y), q(u), q(v)
+    return [Frame(Y[i, :height, :width], U[i, :ch, :cw], V[i, :ch, :cw]) for i in range(count)]
+
+
+# -- segments ------------------------------------------------------------------------------------
+class SegmentCoder:
+    """Codes one segment's frames to payload bytes and back, with one model."""
+
+    def __init__(self, model: CodecModel, device: str, batch: int = DEFAULT_BATCH):
+        self.model, self.device, self.batch = model, device, max(1, batch)
+        self.net = model.net.to(device).eval()
+        self.cfg = model.config
+        self.coder = EntropyCoder(model.tables)
+
+    def indices(self, frames: list[Frame], stages: int) -> np.ndarray:
+        y, u, v = pad_planes(frames, self.cfg.patch, self.cfg.frames)
+        out = []
+        for i in range(0, y.shape[0], self.batch):
+            sl = slice(i, i + self.batch)
+            out.append(self.net.encode(y[sl].to(self.device), u[sl].to(self.device), v[sl].to(self.device), stages).cpu())
+        return torch.cat(out).numpy()
+
+    def encode(self, frames: list[Frame], stages: int) -> bytes:
+        words = self.coder.encode(self.indices(frames, stages))
+        return words.astype("<u4").tobytes()
+
+    def decode(self, payload: bytes, header: bs.Header, count: int) -> list[Frame]:
+        p = self.cfg.patch
+        h, w = math.ceil(header.height / p), math.ceil(header.width / p)
+        groups = math.ceil(count / self.cfg.frames)
+        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        try:
+            idx = self.coder.decode(words, groups, (header.stages, h, w))
+        except (ValueError, RuntimeError, AssertionError) as exc:
+            raise FormatError(f"cannot entropy-decode payload ({exc})") from None
+        if idx.min(initial=0) < 0 or idx.max(initial=0) >= self.cfg.codes:
+            raise FormatError("payload decodes to out-of-range indices")
+        frames: list[Frame] = []
+        t = torch.from_numpy(idx)
+        for i in range(0, groups, self.batch):
+            y, u, v = self.net.decode(t[i:i + self.batch].to(self.device))
+            n = min(count - len(frames), y.shape[0] * y.shape[1])
+            frames += to_frames(y, u, v, header.width, header.height, n)
+        return frames
+
+
+def _chunks(frames: Iterable[Frame], n: int) -> Iterator[list[Frame]]:
+    buf: list[Frame] = []
+    for f in frames:
+        buf.append(f)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+# -- public calls --------------------------------------------------------------------------------
+@dataclass
+class EncodeReport:
+    frames: int
+    width: int
+    height: int
+    fps: float
+    bytes: int
+    seconds: float
+    quality: int
+    estimated_bits: float = 0.0
+
+    @property
+    def bpp(self) -> float:
+        return 8 * self.bytes / max(1, self.width * self.height * self.frames)
+
+    @property
+    def kbps(self) -> float:
+        return 8 * self.bytes / max(1e-9, self.frames / self.fps) / 1000
+
+    def summary(self) -> str:
+        return (f"encoded {self.frames} frames {self.width}x{self.height}, {self.bytes} bytes, "
+                f"{self.kbps:.1f} kbit/s, {self.bpp:.4f} bpp, {self.frames / max(self.seconds, 1e-9):.2f} fps")
+
+
+def encode_file(src: Path, dst: Path, *, quality: int = DEFAULT_QUALITY, model: Path | CodecModel | None = None,
+                device: str = "auto", overwrite: bool = False, segment_frames: int = DEFAULT_SEGMENT_FRAMES,
+                batch: int = DEFAULT_BATCH, progress: Progress | None = None) -> EncodeReport:
+    t0 = time.time()
+    device = resolve_device(device)
+    info = probe(Path(src))
+    cm = model if isinstance(model, CodecModel) else load_model(model, device)
+    stages = stages_for_quality(quality, cm.config.stages)
+    T = cm.config.frames
+    segment_frames = max(T, segment_frames // T * T)
+    if segment_frames > 65535:
+        raise VqvError("segment length must be below 65536 frames")
+    coder = SegmentCoder(cm, device, batch)
+    total, est_bits = 0, 0.0
+    with atomic_output(Path(dst), overwrite) as tmp, open(tmp, "wb") as out:
+        out.write(bytes(bs.HEADER_SIZE))
+        index = 0
+        width = height = None
+        for chunk in _chunks(read_frames(Path(src)), segment_frames):
+            if width is None:
+                width, height = chunk[0].width, chunk[0].height
+            if any(f.width != width or f.height != height for f in chunk):
+                raise InputError(f"{src}: frame size changes inside the video; not supported")
+            idx = coder.indices(chunk, stages)
+            est_bits += coder.coder.estimate_bits(idx)
+            payload = coder.coder.encode(idx).astype("<u4").tobytes()
+            out.write(bs.Segment(index, total, len(chunk), payload).pack())
+            index += 1
+            total += len(chunk)
+            if progress:
+                progress(len(chunk))
+        if total == 0:
+            raise InputError(f"{src}: no frames could be decoded")
+        header = bs.Header(cm.fingerprint, width, height, info.fps, total, quality, stages, T,
+                           segment_frames, cm.config.patch, index)
+        out.seek(0)
+        out.write(header.pack())
+        out.flush()
+        os.fsync(out.fileno())
+    size = Path(dst).stat().st_size
+    return EncodeReport(total, width, height, float(info.fps), size, time.time() - t0, quality, est_bits)
+
+
+def _read_vqv(path: Path):
+    path = Path(path)
+    if not path.exists():
+        raise VqvError(f"{path}: no such file")
+    if path.is_dir():
+        raise VqvError(f"{path}: is a folder, not a .vqv file")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise FormatError(f"{path}: empty file, not a .vqv")
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        header = bs.unpack_header(data[: bs.HEADER_SIZE])
+    except bs.BitstreamError as exc:
+        data.close()
+        raise FormatError(f"{path}: {exc}") from None
+    return data, header
+
+
+@dataclass
+class DecodeReport:
+    frames: int
+    width: int
+    height: int
+    seconds: float
+    concealed: list[bs.Damaged] = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = f"decoded {self.frames} frames {self.width}x{self.height}, {self.frames / max(self.seconds, 1e-9):.2f} fps"
+        if self.concealed:
+            segs = ", ".join(f"{d.index} (frames {d.first_frame}-{d.first_frame + d.frames - 1}: {d.reason})"
+                             for d in self.concealed)
+            s += f"; concealed {sum(d.frames for d in self.concealed)} frames in damaged segments {segs}"
+        return s
+
+
+def decode_file(src: Path, dst: Path, *, model: Path | CodecModel | None = None, device: str = "auto",
+                overwrite: bool = False, conceal: bool = False, batch: int = DEFAULT_BATCH,
+                progress: Progress | None = None) -> DecodeReport:
+    t0 = time.time()
+    device = resolve_device(device)
+    kind = output_kind(Path(dst))
+    data, header = _read_vqv(src)
+    try:
+        cm = model if isinstance(model, CodecModel) else load_model(model, device)
+        if cm.fingerprint != header.fingerprint:
+            raise ModelMismatch(f"{src}: written with model {header.fingerprint.hex()}, but the model at hand "
+                                f"({cm.path or 'given'}) is {cm.fingerprint.hex()}; pass --model with that file")
+        if header.group_frames != cm.config.frames or header.patch != cm.config.patch \
+                or header.stages > cm.config.stages:
+            raise FormatError(f"{src}: stream layout does not match its model")
+        coder = SegmentCoder(cm, device, batch)
+        concealed: list[bs.Damaged] = []
+        written = 0
+        with atomic_output(Path(dst), overwrite, folder=(kind == "dir")) as tmp:
+            if kind in ("dir", "image"):
+                writer = PngWriter(tmp, single=(kind == "image"))
+            else:
+                writer = VideoWriter(tmp, Path(dst), header.width, header.height, header.fps)
+            pending = 0  # damaged frames before the first good one
+            last: Frame | None = None
+            try:
+                for seg in bs.read_segments(data, header):
+                    frames: list[Frame] = []
+                    if isinstance(seg, bs.Segment):
+                        try:
+                            frames = coder.decode(seg.payload, header, seg.frames)
+                        except FormatError as exc:
+                            seg = bs.Damaged(seg.index, seg.first_frame, seg.frames, str(exc))
+                    if isinstance(seg, bs.Damaged):
+                        if not conceal:
+                            raise FormatError(
+                                f"{src}: segment {seg.index} (frames {seg.first_frame}-"
+                                f"{seg.first_frame + seg.frames - 1}) is damaged: {seg.reason}; "
+                                f"use --conceal to decode the rest")
+                        concealed.append(seg)
+                        if last is None:
+                            pending += seg.frames
+                        else:
+                            frames = [last] * seg.frames
+                    elif pending:
+                        frames = [frames[0]] * pending + frames
+                        pending = 0
+                    for f in frames:
+                        writer.write(f)
+                    written += len(frames)
+                    if frames:
+                        last = frames[-1]
+                    if progress:
+                        progress(seg.frames)
+                if pending:
+                    raise FormatError(f"{src}: every segment is damaged; nothing to decode")
+            finally:
+                writer.close()
+        return DecodeReport(written, header.width, header.height, time.time() - t0, concealed)
+    finally:
+        data.close()
+
+
+def inspect(src: Path) -> dict:
+    """Header fields, segment table and damage report of a .vqv file."""
+    data, header = _read_vqv(src)
+    try:
+        size = len(data)
+        segments, damaged = [], []
+        for seg in bs.read_segments(data, header):
+            if isinstance(seg, bs.Segment):
+                segments.append({"index": seg.index, "first_frame": seg.first_frame, "frames": seg.frames,
+                                 "bytes": len(seg.payload) + bs.SEGMENT_HEADER_SIZE})
+            else:
+                damaged.append({"index": seg.index, "first_frame": seg.first_frame, "frames": seg.frames,
+                                "reason": seg.reason})
+    finally:
+        data.close()
+    d = header.to_dict()
+    seconds = header.frames / float(header.fps)
+    d.update({"model": d.pop("fingerprint"), "bytes": size,
+              "kbps": round(8 * size / seconds / 1000, 3) if seconds else 0.0,
+              "bpp": round(8 * size / (header.width * header.height * header.frames), 5) if header.frames else 0.0,
+              "segment_table": segments, "damaged": damaged})
+    return d
+
+
+def inspect_header(src: Path) -> bs.Header:
+    """Only the header of a .vqv file (cheap)."""
+    data, header = _read_vqv(src)
+    data.close()
+    return header

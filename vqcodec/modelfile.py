@@ -1,0 +1,105 @@
+"""Model files: weights, config, integer entropy tables and a fingerprint, in one torch file.
+
+Layout of the dict saved with torch.save (loaded with weights_only=True):
+  format: "vqcodec-model", version: 1,
+  config: ModelConfig as a dict (the file rebuilds its own network),
+  state_dict: the network's weights and codebooks,
+  tables: int32 tensor (stages, contexts, codes) of frequencies (see entropy.py), or absent
+          in a training checkpoint,
+  meta: free-form training facts (data, steps, hardware) for humans.
+The fingerprint is the first 16 bytes of SHA-256 over the config, every tensor (sorted by
+name, little-endian bytes) and the tables; a .vqv file records it and decode checks it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .errors import VqvError
+from .model import ModelConfig, VQVAE
+
+FORMAT = "vqcodec-model"
+VERSION = 1
+DEFAULT_NAME = "default.pt"
+
+
+@dataclass
+class CodecModel:
+    net: VQVAE
+    tables: torch.Tensor | None
+    fingerprint: bytes
+    meta: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.net.config
+
+
+def fingerprint(config: dict, state: dict, tables: torch.Tensor | None) -> bytes:
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes())
+    if tables is not None:
+        h.update(tables.cpu().to(torch.int32).contiguous().numpy().astype("<i4").tobytes())
+    return h.digest()[:16]
+
+
+def default_model_path() -> Path:
+    try:
+        p = Path(str(resources.files("vqcodec.models") / DEFAULT_NAME))
+        if p.exists():
+            return p
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_NAME
+
+
+def save_model(path: Path, net: VQVAE, tables: torch.Tensor | None, meta: dict | None = None,
+               extra: dict | None = None) -> bytes:
+    """Write atomically (temporary name, then rename). Returns the fingerprint."""
+    config = net.config.to_dict()
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    fp = fingerprint(config, state, tables)
+    payload = {"format": FORMAT, "version": VERSION, "config": config, "state_dict": state,
+               "meta": meta or {}, "fingerprint": fp.hex()}
+    if tables is not None:
+        payload["tables"] = tables.cpu().to(torch.int32)
+    payload.update(extra or {})
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return fp
+
+
+def load_model(path: Path | None = None, device: str = "cpu", need_tables: bool = True) -> CodecModel:
+    path = Path(path) if path is not None else default_model_path()
+    if not path.exists():
+        raise VqvError(f"model file not found: {path}")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad file
+        raise VqvError(f"{path}: not a vqcodec model file ({exc.__class__.__name__})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise VqvError(f"{path}: not a vqcodec model file")
+    if raw.get("version", 0) > VERSION:
+        raise VqvError(f"{path}: model format version {raw['version']} is newer than this vqcodec supports")
+    config = ModelConfig(**raw["config"])
+    net = VQVAE(config)
+    net.load_state_dict(raw["state_dict"])
+    net.eval().to(device)
+    tables = raw.get("tables")
+    if need_tables and tables is None:
+        raise VqvError(f"{path}: a training checkpoint without entropy tables; finalise it first "
+                       "(scripts/finalize_model.py)")
+    fp = fingerprint(raw["config"], raw["state_dict"], tables)
+    return CodecModel(net, tables, fp, raw.get("meta", {}), path)

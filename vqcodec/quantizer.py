@@ -1,0 +1,123 @@
+"""Residual vector quantizer with EMA codebooks, dead-code restarts and quantizer dropout.
+
+Training: ``forward(z, stages)`` returns the straight-through quantised latent, the
+indices and the commitment loss.  Coding: ``encode(z, stages)`` gives indices and
+``decode(indices)`` rebuilds the latent from them; in eval mode ``decode(encode(z))``
+equals the quantised latent of ``forward`` exactly (a test checks it).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ResidualVQ(nn.Module):
+    """``stages`` codebooks of ``codes`` vectors of size ``dim``; stage k codes the residual of stages < k."""
+
+    def __init__(self, dim: int, stages: int, codes: int, decay: float = 0.99, eps: float = 1e-5):
+        super().__init__()
+        self.dim, self.stages, self.codes = dim, stages, codes
+        self.decay, self.eps = decay, eps
+        self.register_buffer("codebooks", torch.randn(stages, codes, dim) * 0.01)
+        self.register_buffer("ema_count", torch.ones(stages, codes))
+        self.register_buffer("ema_sum", self.codebooks.clone())
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    # -- search -----------------------------------------------------------------------
+    @staticmethod
+    def nearest(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest codeword for each row of x (N, D); ties go to the lower index."""
+        dist = (book * book).sum(1) - 2.0 * (x @ book.t())  # |x|^2 is the same for every code
+        return dist.argmin(1)
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor, stages: int | None = None) -> torch.Tensor:
+        """z (N, D) -> indices (stages, N) as int64, greedy stage by stage."""
+        stages = self.stages if stages is None else stages
+        residual = z.float().clone()
+        out = torch.empty(stages, z.shape[0], dtype=torch.long, device=z.device)
+        for k in range(stages):
+            idx = self.nearest(residual, self.codebooks[k])
+            out[k] = idx
+            residual -= self.codebooks[k][idx]
+        return out
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (S, N) with S <= stages -> latent (N, D)."""
+        z = self.codebooks[0][indices[0]]
+        for k in range(1, indices.shape[0]):
+            z = z + self.codebooks[k][indices[k]]
+        return z
+
+    # -- training ---------------------------------------------------------------------
+    @torch.no_grad()
+    def kmeans_init(self, z: torch.Tensor, iters: int = 10) -> None:
+        """Seed every stage by k-means on the residual that stage will see."""
+        residual = z.float().clone()
+        for k in range(self.stages):
+            book = residual[torch.randperm(len(residual), device=z.device)[: self.codes]].clone()
+            for _ in range(iters):
+                idx = self.nearest(residual, book)
+                sums = torch.zeros_like(book).index_add_(0, idx, residual)
+                count = torch.bincount(idx, minlength=self.codes).float()
+                empty = count == 0
+                refill = residual[torch.randint(len(residual), (self.codes,), device=z.device)]
+                book = torch.where(empty[:, None], refill, sums / count.clamp(min=1)[:, None])
+            self.codebooks[k] = book
+            self.ema_sum[k] = book
+            self.ema_count[k] = 1.0
+            residual -= book[self.nearest(residual, book)]
+        self.initialised.fill_(True)
+
+    def forward(self, z: torch.Tensor, stages: torch.Tensor | int | None = None):
+        """z (N, D); stages: int, or a (N,) tensor of per-vector depths (quantizer dropout).
+
+        Returns (z_q straight-through, indices (S, N), commitment loss)."""
+        n = z.shape[0]
+        if stages is None:
+            stages = self.stages
+        depth = stages if torch.is_tensor(stages) else torch.full((n,), int(stages), device=z.device)
+        max_depth = int(depth.max())
+        residual = z.detach().float()
+        zq = torch.zeros_like(residual)
+        indices = torch.zeros(max_depth, n, dtype=torch.long, device=z.device)
+        for k in range(max_depth):
+            idx = self.nearest(residual, self.codebooks[k])
+            indices[k] = idx
+            code = self.codebooks[k][idx]
+            active = (depth > k).float()[:, None]
+            if self.training:
+                self._ema_update(k, residual, idx)
+            residual = residual - code  # every vector trains every codebook; only depth masks output
+            zq = zq + code * active
+        commit = ((z.float() - zq) ** 2).mean()
+        z_st = z + (zq - z).detach()
+        return z_st, indices, commit
+
+    @torch.no_grad()
+    def _ema_update(self, k: int, x: torch.Tensor, idx: torch.Tensor) -> None:
+        onehot_count = torch.bincount(idx, minlength=self.codes).float()
+        sums = torch.zeros(self.codes, self.dim, device=x.device).index_add_(0, idx, x)
+        self.ema_count[k].mul_(self.decay).add_(onehot_count, alpha=1 - self.decay)
+        self.ema_sum[k].mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        total = self.ema_count[k].sum()
+        count = (self.ema_count[k] + self.eps) / (total + self.codes * self.eps) * total
+        self.codebooks[k] = self.ema_sum[k] / count[:, None]
+        # dead-code restart: codes used less than 1/50 of a fair share are reseeded from the batch
+        dead = self.ema_count[k] < 0.02 * total / self.codes
+        n_dead = int(dead.sum())
+        if n_dead:
+            pick = x[torch.randint(len(x), (n_dead,), device=x.device)]
+            self.codebooks[k][dead] = pick
+            self.ema_sum[k][dead] = pick
+            self.ema_count[k][dead] = total / self.codes
+
+    @torch.no_grad()
+    def usage(self, indices: torch.Tensor) -> torch.Tensor:
+        """Perplexity of each stage's code distribution in a batch of indices (S, N)."""
+        out = []
+        for row in indices:
+            p = torch.bincount(row, minlength=self.codes).float()
+            p = p / p.sum()
+            out.append(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+        return torch.stack(out)
