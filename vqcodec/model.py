@@ -95,11 +95,13 @@ class VQVAE(nn.Module):
 
     def analysis(self, y, u, v) -> torch.Tensor:
         """Planes -> continuous latent grid (B, D, h, w)."""
-        return self.encoder(to_tubes(y, u, v, self.config.patch))
+        x = to_tubes(y, u, v, self.config.patch).contiguous(memory_format=torch.channels_last)
+        return self.encoder(x)
 
     def synthesis(self, z: torch.Tensor):
         """Latent grid -> planes (y, u, v) in [0,1], unclamped."""
-        return from_tubes(self.decoder(z), self.config.frames, self.config.patch)
+        z = z.contiguous(memory_format=torch.channels_last)  # faster CPU convs, free _flat/_grid
+        return from_tubes(self.decoder(z).contiguous(), self.config.frames, self.config.patch)
 
     # -- training ---------------------------------------------------------------------
     def forward(self, y, u, v, stages=None) -> dict:

@@ -27,8 +27,8 @@ class ResidualVQ(nn.Module):
     @staticmethod
     def nearest(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
         """Index of the nearest codeword for each row of x (N, D); ties go to the lower index."""
-        dist = (book * book).sum(1) - 2.0 * (x @ book.t())  # |x|^2 is the same for every code
-        return dist.argmin(1)
+        # |x|^2 is the same for every code; one fused matmul (addmm) keeps this compute-bound
+        return torch.addmm((book * book).sum(1), x, book.t(), alpha=-2.0).argmin(1)
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor, stages: int | None = None) -> torch.Tensor:

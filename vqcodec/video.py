@@ -141,7 +141,11 @@ class VideoWriter:
     }
 
     def __init__(self, tmp_path: Path, final_path: Path, width: int, height: int, fps: Fraction):
-        fmt, codec, options = self.CODECS[Path(final_path).suffix.lower()]
+        ext = Path(final_path).suffix.lower()
+        fmt, codec, options = self.CODECS[ext]
+        if codec == "libx264" and (width % 2 or height % 2):
+            raise VqvError(f"{final_path}: {ext} (x264) needs an even width and height, this video is "
+                           f"{width}x{height}; write .mkv or .y4m instead (both exact at any size)")
         self.container = av.open(str(tmp_path), "w", format=fmt)
         self.stream = self.container.add_stream(codec, rate=fps, options=options)
         self.stream.width, self.stream.height = width, height
