@@ -53,12 +53,14 @@ class EntropyCoder:
         S = shape[0]
         ctx = contexts(prev, shape, self.codes)
         keys = (np.arange(S, dtype=np.int64)[:, None, None] * self.contexts + ctx).reshape(-1)
+        if S * self.contexts <= 1 << 16:
+            keys = keys.astype(np.uint16)  # numpy radix-sorts 16-bit keys: 3x faster than int64
         order = np.argsort(keys, kind="stable")
         sk = keys[order]
         cut = np.flatnonzero(sk[1:] != sk[:-1]) + 1
         starts = np.concatenate(([0], cut))
         ends = np.concatenate((cut, [len(sk)]))
-        return order, sk[starts], starts, ends
+        return order, sk[starts].astype(np.int64), starts, ends
 
     def encode(self, groups: np.ndarray) -> np.ndarray:
         """groups (G, S, h, w) int -> compressed words (uint32).  Context resets at the start."""
