@@ -59,18 +59,17 @@ def main() -> None:
     print("loading clips", flush=True)
     clips, names = corpus(args.clips)
     net = VQVAE(ModelConfig())
-    start, opt = 0, None
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    start = 0
     if args.resume and args.out.exists():
         ck = torch.load(args.out, map_location="cpu", weights_only=True)
         net.load_state_dict(ck["state_dict"])
-        start = ck["step"]
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         opt.load_state_dict(ck["optimizer"])
+        start = ck["step"]
         print(f"resumed at step {start}")
     sampler = CropSampler(clips, net.config.frames, args.crop, seed=start)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    state = {"opt": opt}
 
     def meta(step):
         return {"data": names, "held_out": sorted(HELD_OUT), "steps": step, "batch": args.batch,
@@ -78,21 +77,15 @@ def main() -> None:
                 "threads": torch.get_num_threads(), "wall_s": round(time.time() - t0)}
 
     def checkpoint(step):
-        save_model(args.out, net, None, meta(step),
-                   extra={"step": step, "optimizer": state["opt"].state_dict() if state["opt"] else {}})
+        save_model(args.out, net, None, meta(step), extra={"step": step, "optimizer": opt.state_dict()})
 
     def log(r):
         print(json.dumps(r), flush=True)
 
-    # fit() creates the optimizer on first use; checkpoint() reads it through `state`
-    if opt is None:
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    state["opt"] = opt
-    opt = fit(net, sampler, steps=args.steps, batch=args.batch, minutes=args.minutes, device=args.device,
-              log=log, checkpoint=checkpoint, start_step=start, optimizer=opt)
-    steps_done = args.steps
-    save_model(args.out, net.cpu(), None, meta(steps_done),
-               extra={"step": steps_done, "optimizer": opt.state_dict()})
+    done = fit(net, sampler, steps=args.steps, batch=args.batch, minutes=args.minutes, device=args.device,
+               log=log, checkpoint=checkpoint, start_step=start, optimizer=opt)
+    net.cpu()
+    checkpoint(done)
     print(f"saved {args.out}", flush=True)
 
 

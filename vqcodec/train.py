@@ -77,7 +77,8 @@ def psnr(mse: float) -> float:
 def fit(model: VQVAE, sampler: CropSampler, *, steps: int, batch: int, lr: float = 1e-3,
         minutes: float | None = None, beta: float = 0.25, device: str = "cpu",
         log: Callable[[dict], None] | None = None, checkpoint: Callable[[int], None] | None = None,
-        start_step: int = 0, optimizer: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+        start_step: int = 0, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Train until `steps` (or `minutes` of wall time); returns the step reached."""
     model.to(device).train()
     if not bool(model.quantizer.initialised):
         with torch.no_grad():
@@ -88,6 +89,7 @@ def fit(model: VQVAE, sampler: CropSampler, *, steps: int, batch: int, lr: float
     opt = optimizer or torch.optim.Adam(params, lr=lr)
     t_start = time.time()
     S = model.config.stages
+    done = start_step
     for step in range(start_step, steps):
         frac = step / max(1, steps)
         if minutes is not None:
@@ -108,10 +110,11 @@ def fit(model: VQVAE, sampler: CropSampler, *, steps: int, batch: int, lr: float
             log({"step": step, "loss": loss.item(), "psnr": psnr(rec.item()),
                  "perplexity": [round(float(p), 1) for p in model.quantizer.usage(out["indices"])[:3]],
                  "elapsed": time.time() - t_start})
-        if checkpoint is not None and step and step % 500 == 0:
-            checkpoint(step)
+        done = step + 1
+        if checkpoint is not None and done % 500 == 0:
+            checkpoint(done)
     model.eval()
-    return opt
+    return done
 
 
 @torch.no_grad()
