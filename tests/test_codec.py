@@ -129,3 +129,38 @@ def test_info_reports_header_and_segments(tmp_path, carphone, model):
     assert (d["width"], d["height"], d["frames"], d["quality"], d["segments"]) == (176, 144, 12, 3, 2)
     assert d["model"] == model.fingerprint.hex() and d["bytes"] == vqv.stat().st_size
     assert [s["frames"] for s in d["segment_table"]] == [8, 4]
+
+
+def test_folder_output_never_replaces_a_folder_of_other_files(tmp_path, carphone, model):
+    vqv = tmp_path / "a.vqv"
+    encode_file(carphone, vqv, model=model)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    with pytest.raises(VqvError, match="other than numbered PNG"):
+        decode_file(vqv, mine, model=model, overwrite=True)
+    assert (mine / "thesis.txt").read_text() == "years of work"
+    frames = tmp_path / "frames"
+    decode_file(vqv, frames, model=model)
+    assert len(list(frames.glob("*.png"))) == 12
+    decode_file(vqv, frames, model=model, overwrite=True)  # our own PNG folder may be replaced
+    assert sorted(p.name for p in frames.iterdir())[0] == "000001.png"
+
+
+def test_png_output_needs_a_single_frame(tmp_path, carphone, model):
+    vqv = tmp_path / "a.vqv"
+    encode_file(carphone, vqv, model=model)
+    with pytest.raises(VqvError, match="one picture"):
+        decode_file(vqv, tmp_path / "a.png", model=model)
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_damage_is_found_inside_a_memory_mapped_file(tmp_path, carphone, model):
+    vqv = tmp_path / "a.vqv"
+    encode_file(carphone, vqv, model=model, segment_frames=4)
+    data = bytearray(vqv.read_bytes())
+    data[bs.HEADER_SIZE + 2] ^= 0xFF  # first segment's marker: reader must resync to segment 1
+    vqv.write_bytes(bytes(data))
+    info = inspect(vqv)
+    assert [d["index"] for d in info["damaged"]] == [0]
+    assert [s["index"] for s in info["segment_table"]] == [1, 2]

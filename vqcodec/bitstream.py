@@ -193,7 +193,7 @@ def _parse_at(view: memoryview, pos: int, header: Header, index: int):
 
 
 def _resync(view: memoryview, start: int, header: Header, index: int):
-    raw = view.obj if isinstance(view.obj, (bytes, bytearray)) else bytes(view)
+    raw = view.obj if hasattr(view.obj, "find") else bytes(view)  # bytes, bytearray and mmap search in place
     pos = start
     while True:
         pos = raw.find(SEGMENT_MAGIC, pos)

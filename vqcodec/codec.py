@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import re
 import shutil
 import time
 from contextlib import contextmanager
@@ -50,10 +51,21 @@ def resolve_device(device: str) -> str:
 
 
 # -- temporary outputs ------------------------------------------------------------------------
-def check_output(path: Path, overwrite: bool) -> None:
+PNG_NAME = re.compile(r"\d{6}\.png")
+
+
+def check_output(path: Path, overwrite: bool, folder: bool = False) -> None:
+    """Refuse early what could not be written, or would destroy something not ours."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise VqvError(f"{path}: already exists (use -y to overwrite)")
+    if path.exists():
+        if not overwrite:
+            raise VqvError(f"{path}: already exists (use -y to overwrite)")
+        if path.is_dir() and not folder:
+            raise VqvError(f"{path}: is a folder; give a file name")
+        if folder and not path.is_dir():
+            raise VqvError(f"{path}: is a file; give a folder name for PNG frames")
+        if folder and any(not PNG_NAME.fullmatch(p.name) for p in path.iterdir()):
+            raise VqvError(f"{path}: folder holds files other than numbered PNG frames; not replacing it")
     parent = path.resolve().parent
     if not parent.is_dir():
         raise VqvError(f"{parent}: output folder does not exist")
@@ -65,14 +77,12 @@ def check_output(path: Path, overwrite: bool) -> None:
 def atomic_output(path: Path, overwrite: bool, folder: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, else remove it."""
     path = Path(path)
-    check_output(path, overwrite)
+    check_output(path, overwrite, folder)
     tmp = path.with_name(f".{path.name}.part{os.getpid()}{path.suffix}")
     try:
         yield tmp
-        if folder and path.is_dir():
+        if folder and path.is_dir():  # only numbered PNGs, checked above
             shutil.rmtree(path)
-        elif path.exists() and path.is_dir() != folder:
-            raise VqvError(f"{path}: exists and is a {'folder' if path.is_dir() else 'file'}")
         os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():
@@ -161,6 +171,10 @@ def _chunks(frames: Iterable[Frame], n: int) -> Iterator[list[Frame]]:
 
 
 # -- public calls --------------------------------------------------------------------------------
+def _frames(n: int) -> str:
+    return f"{n} frame" if n == 1 else f"{n} frames"
+
+
 @dataclass
 class EncodeReport:
     frames: int
@@ -181,7 +195,7 @@ class EncodeReport:
         return 8 * self.bytes / max(1e-9, self.frames / self.fps) / 1000
 
     def summary(self) -> str:
-        return (f"encoded {self.frames} frames {self.width}x{self.height}, {self.bytes} bytes, "
+        return (f"encoded {_frames(self.frames)} {self.width}x{self.height}, {self.bytes} bytes, "
                 f"{self.kbps:.1f} kbit/s, {self.bpp:.4f} bpp, {self.frames / max(self.seconds, 1e-9):.2f} fps")
 
 
@@ -256,7 +270,7 @@ class DecodeReport:
     concealed: list[bs.Damaged] = field(default_factory=list)
 
     def summary(self) -> str:
-        s = f"decoded {self.frames} frames {self.width}x{self.height}, {self.frames / max(self.seconds, 1e-9):.2f} fps"
+        s = f"decoded {_frames(self.frames)} {self.width}x{self.height}, {self.frames / max(self.seconds, 1e-9):.2f} fps"
         if self.concealed:
             segs = ", ".join(f"{d.index} (frames {d.first_frame}-{d.first_frame + d.frames - 1}: {d.reason})"
                              for d in self.concealed)
@@ -272,6 +286,9 @@ def decode_file(src: Path, dst: Path, *, model: Path | CodecModel | None = None,
     kind = output_kind(Path(dst))
     data, header = _read_vqv(src)
     try:
+        if kind == "image" and header.frames > 1:
+            raise VqvError(f"{dst}: a .png holds one picture and this video has {header.frames} frames; "
+                           "give a folder name (no extension) for numbered PNGs")
         cm = model if isinstance(model, CodecModel) else load_model(model, device)
         if cm.fingerprint != header.fingerprint:
             raise ModelMismatch(f"{src}: written with model {header.fingerprint.hex()}, but the model at hand "
@@ -320,8 +337,13 @@ def decode_file(src: Path, dst: Path, *, model: Path | CodecModel | None = None,
                         progress(seg.frames)
                 if pending:
                     raise FormatError(f"{src}: every segment is damaged; nothing to decode")
-            finally:
-                writer.close()
+            except BaseException:
+                try:
+                    writer.close()
+                except Exception:  # the first error is the one to report
+                    pass
+                raise
+            writer.close()
         return DecodeReport(written, header.width, header.height, time.time() - t0, concealed)
     finally:
         data.close()
