@@ -34,6 +34,7 @@ def test_encode_decode_info_through_the_cli(tmp_path, carphone, capsys):
     (["decode", "{empty}", "-o", "{out2}"], "empty"),
     (["info", "{missing}"], "no such file"),
     (["encode", "{clip}"], "Missing option"),
+    (["encode", "{clip}", "-o", "{out}", "--segment", "0"], "--segment must be"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, carphone, capsys, args, message):
     (tmp_path / "t.txt").write_text("not a video")
@@ -49,3 +50,127 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, carphone, capsys, args, mes
     assert not (tmp_path / "o.vqv").exists() and not (tmp_path / "o.y4m").exists()
     assert (tmp_path / "exists.vqv").read_bytes() == b"keep"
     assert not [p for p in tmp_path.iterdir() if ".part" in p.name]
+
+
+def _audio_only(path):
+    import av
+    import numpy as np
+    c = av.open(str(path), "w")
+    s = c.add_stream("pcm_s16le", rate=8000)
+    f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+    f.sample_rate, f.pts = 8000, 0
+    for p in list(s.encode(f)) + list(s.encode()):
+        c.mux(p)
+    c.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def good_vqv(tmp_path_factory, carphone):
+    path = tmp_path_factory.mktemp("vqv") / "good.vqv"
+    assert main(["encode", str(carphone), "-o", str(path), "--segment", "4"]) == 0
+    return path
+
+
+def _newer(src, dst):
+    from vqcodec.fuzz import reseal
+    data = bytearray(src.read_bytes())
+    data[4:6] = (2).to_bytes(2, "little")
+    dst.write_bytes(reseal(bytes(data)))
+
+
+def _damage_segment_1(src, dst):
+    from vqcodec import bitstream as bs
+    data = bytearray(src.read_bytes())
+    first = int.from_bytes(data[bs.HEADER_SIZE + 16:bs.HEADER_SIZE + 20], "little")
+    data[bs.HEADER_SIZE + bs.SEGMENT_HEADER_SIZE + first + bs.SEGMENT_HEADER_SIZE + 2] ^= 0xFF
+    dst.write_bytes(bytes(data))
+
+
+def _other_model(dst):
+    import torch
+    from vqcodec.modelfile import load_model, save_model
+    m = load_model()
+    with torch.no_grad():
+        m.net.decoder[0].proj.bias.add_(0.01)
+    save_model(dst, m.net, m.tables)
+
+
+CASES = {
+    "no video stream": (["encode", "{audio}", "-o", "{out}"], "has no video stream"),
+    "newer format": (["decode", "{newer}", "-o", "{y4m}"], "newer than this vqcodec"),
+    "truncated header": (["decode", "{trunc}", "-o", "{y4m}"], "truncated"),
+    "truncated segment": (["decode", "{cut}", "-o", "{y4m}"], "is damaged"),
+    "wrong model": (["decode", "{good}", "-o", "{y4m}", "--model", "{other}"], "written with model"),
+    "unwritable folder": (["encode", "{clip}", "-o", "/proc/vqcodec-test.vqv"], "cannot write"),
+    "damaged segment": (["decode", "{damaged}", "-o", "{y4m}"], "segment 1 (frames 4-7) is damaged"),
+    "not a model": (["encode", "{clip}", "-o", "{out}", "--model", "{audio}"], "not a vqcodec model"),
+    "unknown output type": (["decode", "{good}", "-o", "{tmp}/x.docx"], "unknown output type"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_bad_case_is_one_line(tmp_path, carphone, good_vqv, capsys, name):
+    args, message = CASES[name]
+    names = {"audio": _audio_only(tmp_path / "a.mka"), "out": tmp_path / "o.vqv", "y4m": tmp_path / "o.y4m",
+             "good": good_vqv, "clip": carphone, "newer": tmp_path / "n.vqv", "trunc": tmp_path / "t.vqv",
+             "cut": tmp_path / "c.vqv", "damaged": tmp_path / "d.vqv", "other": tmp_path / "other.pt",
+             "tmp": tmp_path}
+    _newer(good_vqv, names["newer"])
+    names["trunc"].write_bytes(good_vqv.read_bytes()[:30])
+    names["cut"].write_bytes(good_vqv.read_bytes()[:-50])
+    _damage_segment_1(good_vqv, names["damaged"])
+    if name == "wrong model":
+        _other_model(names["other"])
+    before = set(tmp_path.iterdir())
+    code, out, err = run(capsys, *[a.format(**names) for a in args])
+    assert code != 0 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert set(tmp_path.iterdir()) == before  # nothing written, nothing left half-done
+
+
+def test_wrong_model_message_names_the_needed_model(tmp_path, good_vqv, capsys):
+    from vqcodec.modelfile import load_model
+    _other_model(tmp_path / "other.pt")
+    code, _, err = run(capsys, "decode", good_vqv, "-o", tmp_path / "o.y4m", "--model", tmp_path / "other.pt")
+    assert code == 1 and load_model().fingerprint.hex() in err
+
+
+def test_conceal_through_the_cli_reports_and_writes_every_frame(tmp_path, good_vqv, capsys):
+    _damage_segment_1(good_vqv, tmp_path / "d.vqv")
+    code, out, err = run(capsys, "decode", tmp_path / "d.vqv", "-o", tmp_path / "o.y4m", "--conceal")
+    assert code == 0, err
+    assert "decoded 12 frames" in out and "concealed 4 frames" in out and "segments 1 (frames 4-7" in out
+    code, out, _ = run(capsys, "info", tmp_path / "d.vqv")
+    assert "damaged: segment 1 (frames 4-7)" in out
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu(tmp_path, carphone, capsys):
+    code, _, err = run(capsys, "encode", carphone, "-o", tmp_path / "o.vqv", "--device", "cuda")
+    assert code == 1 and "no CUDA GPU" in err and not (tmp_path / "o.vqv").exists()
+
+
+def test_full_disk_leaves_nothing(tmp_path, carphone, capsys, monkeypatch):
+    import errno
+    import vqcodec.codec as codec
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(codec.os, "fsync", full)  # simulated: the disk fills at the end of writing
+    (tmp_path / "o.vqv").write_bytes(b"old")
+    code, _, err = run(capsys, "encode", carphone, "-o", tmp_path / "o.vqv", "-y")
+    assert code == 1 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "o.vqv").read_bytes() == b"old"  # the existing file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.vqv"]
+
+
+def test_ctrl_c_leaves_no_partial_output(tmp_path, carphone, capsys, monkeypatch):
+    import vqcodec.codec as codec
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(codec.SegmentCoder, "indices", interrupt)  # simulated Ctrl-C mid-encode
+    code, _, err = run(capsys, "encode", carphone, "-o", tmp_path / "o.vqv")
+    assert code == 130 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []

@@ -30,7 +30,8 @@ Segment, repeated ``segment count`` times, each decodable on its own:
    24   …  payload: the segment's range-coder words (u32 each)
 
 A reader treats every number as untrusted: lengths are checked against the bytes present,
-and a damaged segment is reported (with its index and frames) instead of being parsed.
+sizes against MAX_PIXELS (8K UHD), MAX_SEGMENT_FRAMES (4096) and MAX_FRAMES (2**24), and a
+damaged segment is reported (with its index and frames) instead of being parsed.
 """
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ HEADER_SIZE = 64
 SEGMENT_HEADER_SIZE = 24
 PIX_FMTS = {0: "yuv420p"}
 MAX_DIM = 1 << 15
+MAX_PIXELS = 7680 * 4320  # 8K UHD: bounds what a decoder allocates per frame
+MAX_FRAMES = 1 << 24
+MAX_SEGMENT_FRAMES = 4096
 MAX_PAYLOAD = 1 << 30
 
 _HEADER = struct.Struct("<4sHH16sIIIIIBBBBHBBII")
@@ -103,8 +107,9 @@ def unpack_header(data: bytes) -> Header:
         raise BitstreamError("header is damaged (CRC mismatch)")
     if size != HEADER_SIZE or pix not in PIX_FMTS:
         raise BitstreamError("unsupported header layout or pixel format")
-    if not (0 < w <= MAX_DIM and 0 < h <= MAX_DIM and fn > 0 and fd > 0 and t > 0 and patch > 0
-            and stages > 0 and seg > 0 and seg % t == 0 and 1 <= q <= 8):
+    if not (0 < w <= MAX_DIM and 0 < h <= MAX_DIM and w * h <= MAX_PIXELS and fn > 0 and fd > 0 and t > 0
+            and patch > 0 and stages > 0 and 0 < seg <= MAX_SEGMENT_FRAMES and seg % t == 0 and 1 <= q <= 8
+            and frames <= MAX_FRAMES):
         raise BitstreamError("header has out-of-range fields")
     if nseg != -(-frames // seg):
         raise BitstreamError("header segment count does not match its frame count")

@@ -36,6 +36,7 @@ YesOpt = typer.Option(False, "-y", "--yes", help="overwrite an existing output")
 def encode(input: Path = typer.Argument(..., help="any video PyAV can open"),
            output: Path = typer.Option(..., "-o", "--output", help="the .vqv file to write"),
            quality: int = typer.Option(4, "--quality", "-q", help="1 (smallest) .. 8 (best picture)"),
+           segment: int = typer.Option(32, "--segment", help="frames per independently decodable segment"),
            model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
     """Compress a video into a .vqv file."""
     from .codec import encode_file
@@ -44,7 +45,7 @@ def encode(input: Path = typer.Argument(..., help="any video PyAV can open"),
 
     with progress_bar("encode", probe(input).frames) as advance:
         report = encode_file(input, output, quality=quality, model=model, device=device.value,
-                             overwrite=yes, progress=advance)
+                             overwrite=yes, segment_frames=segment, progress=advance)
     typer.echo(report.summary())
 
 
@@ -88,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _state["debug"] = "--debug" in args
     try:
-        app(args=args, prog_name="vqcodec", standalone_mode=False)
-        return 0
+        rv = app(args=args, prog_name="vqcodec", standalone_mode=False)
+        if rv == 130:  # typer turns Ctrl-C into an exit status of 130 and returns it
+            print("vqcodec: interrupted", file=sys.stderr)
+        return rv if isinstance(rv, int) else 0
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:

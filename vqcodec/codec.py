@@ -84,11 +84,13 @@ def atomic_output(path: Path, overwrite: bool, folder: bool = False) -> Iterator
         if folder and path.is_dir():  # only numbered PNGs, checked above
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):  # writing failed: name the output
+            raise VqvError(f"{path}: cannot write ({exc.strerror or exc}); nothing was written") from None
         raise
 
 
@@ -140,23 +142,31 @@ class SegmentCoder:
         return words.astype("<u4").tobytes()
 
     def decode(self, payload: bytes, header: bs.Header, count: int) -> list[Frame]:
+        """Payload -> `count` frames.  Every number is checked before it sizes an allocation."""
         p = self.cfg.patch
         h, w = math.ceil(header.height / p), math.ceil(header.width / p)
         groups = math.ceil(count / self.cfg.frames)
+        if groups * header.stages * h * w > self.coder.max_symbols(len(payload)):
+            raise FormatError("payload is too short for the symbols the header announces")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        frames: list[Frame] = []
+        batch: list[np.ndarray] = []
         try:
-            idx = self.coder.decode(words, groups, (header.stages, h, w))
+            for g in self.coder.decode_groups(words, groups, (header.stages, h, w)):
+                batch.append(g)
+                if len(batch) == self.batch:
+                    frames += self._synthesise(batch, header, count - len(frames))
+                    batch = []
         except (ValueError, RuntimeError, AssertionError) as exc:
             raise FormatError(f"cannot entropy-decode payload ({exc})") from None
-        if idx.min(initial=0) < 0 or idx.max(initial=0) >= self.cfg.codes:
-            raise FormatError("payload decodes to out-of-range indices")
-        frames: list[Frame] = []
-        t = torch.from_numpy(idx)
-        for i in range(0, groups, self.batch):
-            y, u, v = self.net.decode(t[i:i + self.batch].to(self.device))
-            n = min(count - len(frames), y.shape[0] * y.shape[1])
-            frames += to_frames(y, u, v, header.width, header.height, n)
+        if batch:
+            frames += self._synthesise(batch, header, count - len(frames))
         return frames
+
+    def _synthesise(self, batch: list[np.ndarray], header: bs.Header, left: int) -> list[Frame]:
+        idx = torch.from_numpy(np.stack(batch)).to(self.device)
+        y, u, v = self.net.decode(idx)
+        return to_frames(y, u, v, header.width, header.height, min(left, y.shape[0] * y.shape[1]))
 
 
 def _chunks(frames: Iterable[Frame], n: int) -> Iterator[list[Frame]]:
@@ -208,9 +218,9 @@ def encode_file(src: Path, dst: Path, *, quality: int = DEFAULT_QUALITY, model: 
     cm = model if isinstance(model, CodecModel) else load_model(model, device)
     stages = stages_for_quality(quality, cm.config.stages)
     T = cm.config.frames
-    segment_frames = max(T, segment_frames // T * T)
-    if segment_frames > 65535:
-        raise VqvError("segment length must be below 65536 frames")
+    if not T <= segment_frames <= bs.MAX_SEGMENT_FRAMES:
+        raise VqvError(f"--segment must be from {T} to {bs.MAX_SEGMENT_FRAMES} frames, got {segment_frames}")
+    segment_frames = segment_frames // T * T
     coder = SegmentCoder(cm, device, batch)
     total, est_bits = 0, 0.0
     with atomic_output(Path(dst), overwrite) as tmp, open(tmp, "wb") as out:
@@ -278,6 +288,64 @@ class DecodeReport:
         return s
 
 
+def _check_model(src, header: bs.Header, cm: CodecModel) -> None:
+    if cm.fingerprint != header.fingerprint:
+        raise ModelMismatch(f"{src}: written with model {header.fingerprint.hex()}, but the model at hand "
+                            f"({cm.path or 'given'}) is {cm.fingerprint.hex()}; pass --model with that file")
+    if header.group_frames != cm.config.frames or header.patch != cm.config.patch \
+            or header.stages > cm.config.stages:
+        raise FormatError(f"{src}: stream layout does not match its model")
+
+
+def decoded_frames(data, header: bs.Header, coder: SegmentCoder, *, conceal: bool, concealed: list,
+                   src="input", progress: Progress | None = None) -> Iterator[Frame]:
+    """Every frame of a parsed file, in order; damaged segments raise, or with `conceal` are
+    filled from the nearest intact frame and appended to `concealed`."""
+    pending = 0  # damaged frames before the first good one
+    last: Frame | None = None
+    for seg in bs.read_segments(data, header):
+        frames: list[Frame] = []
+        if isinstance(seg, bs.Segment):
+            try:
+                frames = coder.decode(seg.payload, header, seg.frames)
+            except FormatError as exc:
+                seg = bs.Damaged(seg.index, seg.first_frame, seg.frames, str(exc))
+        if isinstance(seg, bs.Damaged):
+            if not conceal:
+                raise FormatError(f"{src}: segment {seg.index} (frames {seg.first_frame}-"
+                                  f"{seg.first_frame + seg.frames - 1}) is damaged: {seg.reason}; "
+                                  f"use --conceal to decode the rest")
+            concealed.append(seg)
+            if last is None:
+                pending += seg.frames
+            else:
+                frames = [last] * seg.frames
+        elif pending:
+            frames = [frames[0]] * pending + frames
+            pending = 0
+        yield from frames
+        if frames:
+            last = frames[-1]
+        if progress:
+            progress(seg.frames)
+    if pending:
+        raise FormatError(f"{src}: every segment is damaged; nothing to decode")
+
+
+def decode_bytes(data: bytes, model: CodecModel, conceal: bool = True) -> tuple[int, list[bs.Damaged]]:
+    """Decode a whole .vqv held in memory, discarding the frames: (frames, concealed).
+    For robustness checks (fuzzing); raises FormatError/ModelMismatch like decode_file."""
+    try:
+        header = bs.unpack_header(data[: bs.HEADER_SIZE])
+    except bs.BitstreamError as exc:
+        raise FormatError(str(exc)) from None
+    _check_model("input", header, model)
+    concealed: list[bs.Damaged] = []
+    n = sum(1 for _ in decoded_frames(data, header, SegmentCoder(model, "cpu"), conceal=conceal,
+                                      concealed=concealed))
+    return n, concealed
+
+
 def decode_file(src: Path, dst: Path, *, model: Path | CodecModel | None = None, device: str = "auto",
                 overwrite: bool = False, conceal: bool = False, batch: int = DEFAULT_BATCH,
                 progress: Progress | None = None) -> DecodeReport:
@@ -290,12 +358,7 @@ def decode_file(src: Path, dst: Path, *, model: Path | CodecModel | None = None,
             raise VqvError(f"{dst}: a .png holds one picture and this video has {header.frames} frames; "
                            "give a folder name (no extension) for numbered PNGs")
         cm = model if isinstance(model, CodecModel) else load_model(model, device)
-        if cm.fingerprint != header.fingerprint:
-            raise ModelMismatch(f"{src}: written with model {header.fingerprint.hex()}, but the model at hand "
-                                f"({cm.path or 'given'}) is {cm.fingerprint.hex()}; pass --model with that file")
-        if header.group_frames != cm.config.frames or header.patch != cm.config.patch \
-                or header.stages > cm.config.stages:
-            raise FormatError(f"{src}: stream layout does not match its model")
+        _check_model(src, header, cm)
         coder = SegmentCoder(cm, device, batch)
         concealed: list[bs.Damaged] = []
         written = 0
@@ -304,39 +367,11 @@ def decode_file(src: Path, dst: Path, *, model: Path | CodecModel | None = None,
                 writer = PngWriter(tmp, single=(kind == "image"))
             else:
                 writer = VideoWriter(tmp, Path(dst), header.width, header.height, header.fps)
-            pending = 0  # damaged frames before the first good one
-            last: Frame | None = None
             try:
-                for seg in bs.read_segments(data, header):
-                    frames: list[Frame] = []
-                    if isinstance(seg, bs.Segment):
-                        try:
-                            frames = coder.decode(seg.payload, header, seg.frames)
-                        except FormatError as exc:
-                            seg = bs.Damaged(seg.index, seg.first_frame, seg.frames, str(exc))
-                    if isinstance(seg, bs.Damaged):
-                        if not conceal:
-                            raise FormatError(
-                                f"{src}: segment {seg.index} (frames {seg.first_frame}-"
-                                f"{seg.first_frame + seg.frames - 1}) is damaged: {seg.reason}; "
-                                f"use --conceal to decode the rest")
-                        concealed.append(seg)
-                        if last is None:
-                            pending += seg.frames
-                        else:
-                            frames = [last] * seg.frames
-                    elif pending:
-                        frames = [frames[0]] * pending + frames
-                        pending = 0
-                    for f in frames:
-                        writer.write(f)
-                    written += len(frames)
-                    if frames:
-                        last = frames[-1]
-                    if progress:
-                        progress(seg.frames)
-                if pending:
-                    raise FormatError(f"{src}: every segment is damaged; nothing to decode")
+                for frame in decoded_frames(data, header, coder, conceal=conceal, concealed=concealed,
+                                            src=src, progress=progress):
+                    writer.write(frame)
+                    written += 1
             except BaseException:
                 try:
                     writer.close()

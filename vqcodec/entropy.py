@@ -38,6 +38,11 @@ class EntropyCoder:
         self.stages, self.contexts, self.codes = self.tables.shape
         self._models: dict[int, object] = {}
         self._bits = -np.log2(self.tables / float(1 << PRECISION))  # ideal code lengths
+        # the cheapest possible symbol: bounds how many symbols a payload of n bytes can hold
+        self.min_bits = float(self._bits.min())
+
+    def max_symbols(self, payload_bytes: int) -> int:
+        return int(8 * (payload_bytes + 8) / max(self.min_bits, 1e-6)) + 64
 
     def _model(self, key: int):
         m = self._models.get(key)
@@ -76,19 +81,21 @@ class EntropyCoder:
 
     def decode(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int]) -> np.ndarray:
         """Inverse of encode: words -> (G, S, h, w) int64 indices."""
+        return np.stack(list(self.decode_groups(words, n_groups, shape)))
+
+    def decode_groups(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int]):
+        """Yield the groups one by one (memory bounded by one group, whatever n_groups is)."""
         dec = constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32))
-        out = np.empty((n_groups, *shape), dtype=np.int64)
         prev = None
-        for gi in range(n_groups):
+        for _ in range(n_groups):
             order, keys, starts, ends = self._plan(prev, shape)
             flat = np.empty(order.shape[0], dtype=np.int64)
             for k, a, b in zip(keys.tolist(), starts.tolist(), ends.tolist()):
                 flat[a:b] = dec.decode(self._model(k), b - a)
             g = np.empty_like(flat)
             g[order] = flat
-            out[gi] = g.reshape(shape)
-            prev = out[gi]
-        return out
+            prev = g.reshape(shape)
+            yield prev
 
     def estimate_bits(self, groups: np.ndarray) -> float:
         """Ideal code length (-log2 p) of groups under the tables, for comparison with real bytes."""

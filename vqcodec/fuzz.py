@@ -1,0 +1,72 @@
+"""Mutations of .vqv bytes for robustness checks (the hypothesis test and scripts/fuzz_decoder.py).
+
+An operation is a tuple: ("flip", pos, mask), ("truncate", pos), ("delete", pos, n),
+("splice", pos, src, n) (insert n bytes copied from src), ("set32", pos, value).  Positions
+wrap around the data's length.  ``reseal`` recomputes the header's and every reachable
+segment's CRC afterwards, so that mutations reach the layers behind the CRC checks.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+
+from . import bitstream as bs
+
+EXTREMES = (0, 1, 2, 3, 4, 255, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 0x10000, 4096, 24)
+
+
+def apply(data: bytes, ops) -> bytes:
+    b = bytearray(data)
+    for op in ops:
+        n = max(1, len(b))
+        kind = op[0]
+        if kind == "flip" and b:
+            b[op[1] % n] ^= (op[2] & 0xFF) or 1
+        elif kind == "truncate":
+            del b[op[1] % n:]
+        elif kind == "delete":
+            del b[op[1] % n: op[1] % n + op[2]]
+        elif kind == "splice" and b:
+            chunk = bytes(b[op[2] % n: op[2] % n + op[3]])
+            b[op[1] % n: op[1] % n] = chunk
+        elif kind == "set32" and len(b) >= 4:
+            pos = op[1] % (len(b) - 3)
+            b[pos:pos + 4] = struct.pack("<I", op[2] & 0xFFFFFFFF)
+    return bytes(b)
+
+
+def reseal(data: bytes) -> bytes:
+    """Recompute the header CRC and the CRC of each segment reachable by walking the lengths."""
+    b = bytearray(data)
+    if len(b) < bs.HEADER_SIZE:
+        return bytes(b)
+    b[60:64] = struct.pack("<I", zlib.crc32(bytes(b[:60])))
+    pos = bs.HEADER_SIZE
+    while pos + bs.SEGMENT_HEADER_SIZE <= len(b):
+        length = struct.unpack_from("<I", b, pos + 16)[0]
+        end = pos + bs.SEGMENT_HEADER_SIZE + length
+        if end > len(b):
+            break
+        crc = zlib.crc32(bytes(b[pos + 24:end]), zlib.crc32(bytes(b[pos:pos + 20])))
+        b[pos + 20:pos + 24] = struct.pack("<I", crc)
+        pos = end
+    return bytes(b)
+
+
+def random_ops(rng, size: int, count: int):
+    """`count` random operations for data of about `size` bytes (rng: random.Random)."""
+    ops = []
+    for _ in range(count):
+        kind = rng.choice(("flip", "flip", "truncate", "delete", "splice", "set32", "set32"))
+        pos = rng.randrange(max(1, size))
+        if kind == "flip":
+            ops.append((kind, pos, rng.randrange(1, 256)))
+        elif kind == "truncate":
+            ops.append((kind, pos))
+        elif kind == "delete":
+            ops.append((kind, pos, rng.randrange(1, 64)))
+        elif kind == "splice":
+            ops.append((kind, pos, rng.randrange(max(1, size)), rng.randrange(1, 256)))
+        else:
+            ops.append((kind, pos, rng.choice(EXTREMES) if rng.random() < 0.7 else rng.randrange(1 << 32)))
+    return ops
