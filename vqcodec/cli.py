@@ -82,6 +82,22 @@ def info(input: Path = typer.Argument(..., help="a .vqv file"),
                    f"{s['first_frame'] + s['frames'] - 1}): {s['reason']}")
 
 
+@app.command()
+def bench(inputs: list[Path] = typer.Argument(..., help="videos to measure on"),
+          qualities: str = typer.Option("1-8", "--qualities", help="vqcodec qualities, e.g. 1-8 or 2,4,8"),
+          codecs: str = typer.Option("x264,x265,svtav1", "--codecs", help="classic codecs: x264,x265,svtav1,vp9"),
+          frames: Optional[int] = typer.Option(32, "--frames", help="frames per input (0 = all)"),
+          json_out: Optional[Path] = typer.Option(None, "--json", help="write all results as JSON"),
+          csv_out: Optional[Path] = typer.Option(None, "--csv", help="write all results as CSV"),
+          plot_out: Optional[Path] = typer.Option(None, "--plot", help="rate-distortion curves (PNG, needs matplotlib)"),
+          model: Optional[Path] = ModelOpt, device: Device = DeviceOpt) -> None:
+    """Rate-distortion and speed beside x264, x265, SVT-AV1 and VP9, with BD-rate."""
+    from .bench import report
+
+    report(inputs, qualities=qualities, codecs=codecs, frames=frames or None, json_out=json_out,
+           csv_out=csv_out, plot_out=plot_out, model=model, device=device.value)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (tests call this directly)."""
     from .errors import VqvError

@@ -14,6 +14,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -212,9 +213,20 @@ class EncodeReport:
 def encode_file(src: Path, dst: Path, *, quality: int = DEFAULT_QUALITY, model: Path | CodecModel | None = None,
                 device: str = "auto", overwrite: bool = False, segment_frames: int = DEFAULT_SEGMENT_FRAMES,
                 batch: int = DEFAULT_BATCH, progress: Progress | None = None) -> EncodeReport:
+    """Encode any video PyAV opens into a .vqv file."""
+    info = probe(Path(src))
+    return encode_frames(read_frames(Path(src)), info.fps, dst, quality=quality, model=model, device=device,
+                         overwrite=overwrite, segment_frames=segment_frames, batch=batch, progress=progress,
+                         name=str(src))
+
+
+def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path, *, quality: int = DEFAULT_QUALITY,
+                  model: Path | CodecModel | None = None, device: str = "auto", overwrite: bool = False,
+                  segment_frames: int = DEFAULT_SEGMENT_FRAMES, batch: int = DEFAULT_BATCH,
+                  progress: Progress | None = None, name: str = "input") -> EncodeReport:
+    """Encode a stream of frames (all of one size) into a .vqv file, segment by segment."""
     t0 = time.time()
     device = resolve_device(device)
-    info = probe(Path(src))
     cm = model if isinstance(model, CodecModel) else load_model(model, device)
     stages = stages_for_quality(quality, cm.config.stages)
     T = cm.config.frames
@@ -227,11 +239,11 @@ def encode_file(src: Path, dst: Path, *, quality: int = DEFAULT_QUALITY, model: 
         out.write(bytes(bs.HEADER_SIZE))
         index = 0
         width = height = None
-        for chunk in _chunks(read_frames(Path(src)), segment_frames):
+        for chunk in _chunks(frames, segment_frames):
             if width is None:
                 width, height = chunk[0].width, chunk[0].height
             if any(f.width != width or f.height != height for f in chunk):
-                raise InputError(f"{src}: frame size changes inside the video; not supported")
+                raise InputError(f"{name}: frame size changes inside the video; not supported")
             idx = coder.indices(chunk, stages)
             est_bits += coder.coder.estimate_bits(idx)
             payload = coder.coder.encode(idx).astype("<u4").tobytes()
@@ -241,15 +253,15 @@ def encode_file(src: Path, dst: Path, *, quality: int = DEFAULT_QUALITY, model: 
             if progress:
                 progress(len(chunk))
         if total == 0:
-            raise InputError(f"{src}: no frames could be decoded")
-        header = bs.Header(cm.fingerprint, width, height, info.fps, total, quality, stages, T,
+            raise InputError(f"{name}: no frames could be decoded")
+        header = bs.Header(cm.fingerprint, width, height, Fraction(fps), total, quality, stages, T,
                            segment_frames, cm.config.patch, index)
         out.seek(0)
         out.write(header.pack())
         out.flush()
         os.fsync(out.fileno())
     size = Path(dst).stat().st_size
-    return EncodeReport(total, width, height, float(info.fps), size, time.time() - t0, quality, est_bits)
+    return EncodeReport(total, width, height, float(fps), size, time.time() - t0, quality, est_bits)
 
 
 def _read_vqv(path: Path):
