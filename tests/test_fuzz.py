@@ -30,7 +30,7 @@ op = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(op, min_size=1, max_size=4), fix_crc=st.booleans())
 def test_mutated_files_fail_cleanly_or_decode_every_frame(tiny, model, ops, fix_crc):
     data = apply(tiny, ops)
