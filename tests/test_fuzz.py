@@ -1,6 +1,4 @@
 """Damaged and hostile .vqv bytes never crash the decoder: a clean error or a full decode."""
-from pathlib import Path
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

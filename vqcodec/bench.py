@@ -21,12 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .codec import SegmentCoder, decoded_frames, encode_frames
+from .codec import encode_frames, frames_from_bytes
 from .errors import VqvError
 from .metrics import sequence_quality
 from .modelfile import CodecModel
-from . import bitstream as bs
-from .video import Frame, frame_from_av, frame_to_av, probe, read_frames
+from .video import Frame, frame_to_av, probe, read_frames
 
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only
 
@@ -148,8 +147,7 @@ def run_vqcodec(frames: list[Frame], fps: Fraction, quality: int, model: CodecMo
     t_enc = time.perf_counter() - t0
     t0 = time.perf_counter()
     data = path.read_bytes()
-    header = bs.unpack_header(data[: bs.HEADER_SIZE])
-    dec = list(decoded_frames(data, header, SegmentCoder(model, device), conceal=False, concealed=[]))
+    dec = list(frames_from_bytes(data, model, device=device, conceal=False, concealed=[]))
     return len(data), dec, t_enc, time.perf_counter() - t0
 
 

@@ -138,9 +138,10 @@ class SegmentCoder:
             out.append(self.net.encode(y[sl].to(self.device), u[sl].to(self.device), v[sl].to(self.device), stages).cpu())
         return torch.cat(out).numpy()
 
-    def encode(self, frames: list[Frame], stages: int) -> bytes:
-        words = self.coder.encode(self.indices(frames, stages))
-        return words.astype("<u4").tobytes()
+    def encode(self, frames: list[Frame], stages: int) -> tuple[bytes, float]:
+        """Frames -> (payload bytes, ideal code length in bits under the tables)."""
+        idx = self.indices(frames, stages)
+        return self.coder.encode(idx).astype("<u4").tobytes(), self.coder.estimate_bits(idx)
 
     def decode(self, payload: bytes, header: bs.Header, count: int) -> list[Frame]:
         """Payload -> `count` frames.  Every number is checked before it sizes an allocation."""
@@ -244,9 +245,8 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path, *, quality:
                 width, height = chunk[0].width, chunk[0].height
             if any(f.width != width or f.height != height for f in chunk):
                 raise InputError(f"{name}: frame size changes inside the video; not supported")
-            idx = coder.indices(chunk, stages)
-            est_bits += coder.coder.estimate_bits(idx)
-            payload = coder.coder.encode(idx).astype("<u4").tobytes()
+            payload, bits = coder.encode(chunk, stages)
+            est_bits += bits
             out.write(bs.Segment(index, total, len(chunk), payload).pack())
             index += 1
             total += len(chunk)
@@ -344,17 +344,21 @@ def decoded_frames(data, header: bs.Header, coder: SegmentCoder, *, conceal: boo
         raise FormatError(f"{src}: every segment is damaged; nothing to decode")
 
 
-def decode_bytes(data: bytes, model: CodecModel, conceal: bool = True) -> tuple[int, list[bs.Damaged]]:
-    """Decode a whole .vqv held in memory, discarding the frames: (frames, concealed).
-    For robustness checks (fuzzing); raises FormatError/ModelMismatch like decode_file."""
+def frames_from_bytes(data: bytes, model: CodecModel, *, device: str = "cpu", conceal: bool,
+                      concealed: list) -> Iterator[Frame]:
+    """Every frame of a whole .vqv held in memory; raises FormatError/ModelMismatch like decode_file."""
     try:
         header = bs.unpack_header(data[: bs.HEADER_SIZE])
     except bs.BitstreamError as exc:
         raise FormatError(str(exc)) from None
     _check_model("input", header, model)
+    yield from decoded_frames(data, header, SegmentCoder(model, device), conceal=conceal, concealed=concealed)
+
+
+def decode_bytes(data: bytes, model: CodecModel, conceal: bool = True) -> tuple[int, list[bs.Damaged]]:
+    """Decode a .vqv held in memory, discarding the frames: (frames, concealed).  For fuzzing."""
     concealed: list[bs.Damaged] = []
-    n = sum(1 for _ in decoded_frames(data, header, SegmentCoder(model, "cpu"), conceal=conceal,
-                                      concealed=concealed))
+    n = sum(1 for _ in frames_from_bytes(data, model, conceal=conceal, concealed=concealed))
     return n, concealed
 
 

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .model import ModelConfig, VQVAE
+from .model import VQVAE
 from .video import read_frames
 
 

@@ -6,7 +6,6 @@ chroma planes are ceil(W/2) x ceil(H/2), as in yuv420p.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -188,7 +187,3 @@ class PngWriter:
 
     def close(self) -> None:
         pass
-
-
-def replace(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
