@@ -1,93 +1,106 @@
 #!/usr/bin/env python3
-"""Train the default vqcodec model from public data (resumable, time-boxed).
+"""Reproduce the shipped default model with `vqcodec train`, from public data, resumably.
 
-    python scripts/train_default.py --minutes 30 --out runs/default.ckpt [--resume]
-    python scripts/finalize_model.py runs/default.ckpt -o models/default.pt
+    python scripts/train_default.py --minutes 40      # run again to continue where it stopped
+    python scripts/train_default.py --tables-only     # refit the entropy tables of models/default.pt
 
-Data: the sample clips in ../shared/clips (only frames *after* the first 64, which the
-benchmark measures) and the clips in ../shared/clips/more, except the held-out scenes below.
+Data (assembled under runs/default-data, never committed):
+  - the sample clips in ../shared/clips, from frame 64 on (the benchmark measures their first
+    frames), written losslessly (FFV1);
+  - the clips in ../shared/clips/more, except the held-out scenes below (links).
+The run starts from --init (default: the previous default model), grows the residual VQ to
+--stages, trains until --steps in all, and stops early after --minutes with a checkpoint that
+the next invocation resumes.  On a GPU it uses CUDA automatically.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import shutil
 import sys
-import time
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from vqcodec.model import ModelConfig, VQVAE  # noqa: E402
-from vqcodec.modelfile import save_model  # noqa: E402
-from vqcodec.train import CropSampler, fit, load_clip  # noqa: E402
-from vqcodec.video import probe  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from vqcodec.cli import main as vqcodec  # noqa: E402
+from vqcodec.video import VideoWriter, probe, read_frames  # noqa: E402
 
 HELD_OUT = {"iacv_salitona.mp4", "dalgu_walking.mp4"}  # never trained on: unseen-scene checks
 BENCH_FRAMES = 64  # the sample clips' first frames are kept for measuring
 
 
-def corpus(root: Path, budget_px: float = 30e6, max_frames: int = 120):
-    items = []
-    for p in sorted(root.glob("*.mp4")):
-        items.append((p, BENCH_FRAMES))
-    for p in sorted((root / "more").glob("*.mp4")):
-        if p.name not in HELD_OUT:
-            items.append((p, 0))
-    clips = []
-    for p, start in items:
-        info = probe(p)
-        n = int(max(8, min(max_frames, budget_px // (info.width * info.height))))
-        clips.append(load_clip(p, n, start=start))
-        print(f"  {p.name}: {n} frames from {start}, {info.width}x{info.height}", flush=True)
-    return clips, [str(p.name) for p, _ in items]
+def assemble(clips: Path, data: Path) -> Path:
+    data.mkdir(parents=True, exist_ok=True)
+    for p in sorted(clips.glob("*.mp4")):
+        target = data / f"{p.stem}_from{BENCH_FRAMES}.mkv"
+        if not target.exists():
+            info = probe(p)
+            tmp = target.with_suffix(".part.mkv")
+            w = VideoWriter(tmp, target, info.width, info.height, info.fps)
+            for f in read_frames(p, start=BENCH_FRAMES):
+                w.write(f)
+            w.close()
+            tmp.rename(target)
+    for p in sorted((clips / "more").glob("*.mp4")):
+        if p.name not in HELD_OUT and not (data / p.name).exists():
+            (data / p.name).symlink_to(p.resolve())
+    return data
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--clips", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "clips")
-    ap.add_argument("--out", type=Path, default=Path("runs/default.ckpt"))
-    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--clips", type=Path, default=ROOT.parent / "shared" / "clips")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs")
+    ap.add_argument("--out", type=Path, default=ROOT / "models" / "default.pt")
+    ap.add_argument("--init", type=Path, default=None, help="model to start from (default: --out as it is now)")
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--stages", type=int, default=12)
     ap.add_argument("--minutes", type=float, default=None)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--crop", type=int, default=128)
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    print("loading clips", flush=True)
-    clips, names = corpus(args.clips)
-    net = VQVAE(ModelConfig())
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    start = 0
-    if args.resume and args.out.exists():
-        ck = torch.load(args.out, map_location="cpu", weights_only=True)
-        net.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        start = ck["step"]
-        print(f"resumed at step {start}")
-    sampler = CropSampler(clips, net.config.frames, args.crop, seed=start)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
+    ap.add_argument("--tables-only", action="store_true", help="only refit the entropy tables of --out")
+    args, extra = ap.parse_known_args()
+    data = assemble(args.clips, args.work / "default-data")
+    val = args.work / "default-val"
+    val.mkdir(exist_ok=True)
+    for name in HELD_OUT:
+        if not (val / name).exists():
+            (val / name).symlink_to((args.clips / "more" / name).resolve())
+    if args.tables_only:
+        return refit(args.out, data)
+    ckpt = args.work / "default.ckpt"
+    cmd = ["train", str(data), "-o", str(args.work / "default.pt"), "--checkpoint", str(ckpt), "-y",
+           "--steps", str(args.steps), "--val", str(val)]
+    if args.minutes:
+        cmd += ["--minutes", str(args.minutes)]
+    if ckpt.exists():
+        cmd += ["--resume", str(ckpt)]
+    else:
+        init = args.init or args.out
+        shutil.copy(init, args.work / "init.pt")  # the starting point, kept beside the run
+        cmd += ["--init", str(args.work / "init.pt"), "--stages", str(args.stages)]
+    code = vqcodec(cmd + extra)
+    if code == 0 and (args.work / "default.pt").exists() and not _stopped_early(ckpt, args.steps):
+        shutil.copy(args.work / "default.pt", args.out)
+        print(f"installed {args.out}")
+    return code
 
-    def meta(step):
-        return {"data": names, "held_out": sorted(HELD_OUT), "steps": step, "batch": args.batch,
-                "crop": args.crop, "device": args.device, "hardware": platform.processor() or platform.machine(),
-                "threads": torch.get_num_threads(), "wall_s": round(time.time() - t0)}
 
-    def checkpoint(step):
-        save_model(args.out, net, None, meta(step), extra={"step": step, "optimizer": opt.state_dict()})
+def refit(path: Path, data: Path) -> int:
+    """Refit the entropy tables of a finished model (after a change to the context model)."""
+    from vqcodec.codec import fit_model_tables
+    from vqcodec.modelfile import load_model, save_model
+    from vqcodec.train import TrainOptions, find_clips
 
-    def log(r):
-        print(json.dumps(r), flush=True)
+    cm = load_model(path, need_tables=False)
+    frames = cm.meta.get("train", {}).get("table_frames", TrainOptions.table_frames)
+    tables = fit_model_tables(cm.net, [Path(s.path) for s in find_clips(data)], frames=frames)
+    fp = save_model(path, cm.net, tables, cm.meta)
+    print(f"refitted the tables of {path}: model {fp.hex()}")
+    return 0
 
-    done = fit(net, sampler, steps=args.steps, batch=args.batch, minutes=args.minutes, device=args.device,
-               log=log, checkpoint=checkpoint, start_step=start, optimizer=opt)
-    net.cpu()
-    checkpoint(done)
-    print(f"saved {args.out}", flush=True)
+
+def _stopped_early(ckpt: Path, steps: int) -> bool:
+    import torch
+    return int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"]) < steps
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,11 +19,10 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .codec import encode_frames, frames_from_bytes
 from .errors import VqvError
-from .metrics import sequence_quality
+from .metrics import ms_ssim_tensor, sequence_quality
 from .modelfile import CodecModel
 from .video import Frame, frame_to_av, probe, read_frames
 
@@ -48,43 +47,11 @@ class Point:
 
 
 # -- metrics -----------------------------------------------------------------------------------
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def _gauss(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - size // 2
-    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    return g / g.sum()
-
-
-def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """The 11x11 Gaussian window as two 1-D passes (separable: same result, 11x fewer operations)."""
-    return F.conv2d(F.conv2d(x, g[None, None, :, None]), g[None, None, None, :])
-
-
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """MS-SSIM (Wang et al. 2003) of two 8-bit planes; scales that no longer fit the 11x11
-    window are dropped and the weights renormalised (small pictures)."""
+    """MS-SSIM of two 8-bit planes (metrics.ms_ssim in float64)."""
     x = torch.from_numpy(a.astype(np.float64))[None, None]
     y = torch.from_numpy(b.astype(np.float64))[None, None]
-    w = _gauss()
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    weights = [wt for i, wt in enumerate(MS_SSIM_WEIGHTS) if min(a.shape) // (2 ** i) >= 11] or [1.0]
-    values = []
-    for i in range(len(weights)):
-        mx, my = _blur(x, w), _blur(y, w)
-        sxx = _blur(x * x, w) - mx * mx
-        syy = _blur(y * y, w) - my * my
-        sxy = _blur(x * y, w) - mx * my
-        cs = ((2 * sxy + c2) / (sxx + syy + c2)).mean()
-        if i == len(weights) - 1:
-            lum = ((2 * mx * my + c1) / (mx * mx + my * my + c1)).mean()
-            values.append(float((lum * cs).clamp(min=1e-12)))
-        else:
-            values.append(float(cs.clamp(min=1e-12)))
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-    total = sum(weights)
-    return float(np.prod([v ** (wt / total) for v, wt in zip(values, weights)]))
+    return float(ms_ssim_tensor(x, y, 255.0))
 
 
 def measure(name: str, codec: str, setting: int, ref: list[Frame], dec: list[Frame], nbytes: int,

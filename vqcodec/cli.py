@@ -65,11 +65,55 @@ def decode(input: Path = typer.Argument(..., help="a .vqv file"),
 
 
 @app.command()
-def info(input: Path = typer.Argument(..., help="a .vqv file"),
-         as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
-    """Show what is inside a .vqv file: header, segments, damage."""
-    from .codec import inspect
+def train(clips: Path = typer.Argument(..., help="folder of clips (searched recursively)"),
+          output: Path = typer.Option(..., "-o", "--output", help="the model file to write"),
+          steps: int = typer.Option(20000, "--steps", help="optimiser steps in all (a resumed run continues to this)"),
+          batch: int = typer.Option(16, "--batch", help="clips per step (per GPU under torchrun)"),
+          crop: str = typer.Option("128x128", "--crop", help="luma crop HxW"),
+          frames: int = typer.Option(2, "--frames", help="frames per sample (a multiple of the model's group)"),
+          lr: float = typer.Option(1e-3, "--lr", help="peak learning rate (cosine decay)"),
+          ms_ssim: float = typer.Option(0.0, "--ms-ssim", help="weight of an MS-SSIM term (0: pure MSE, serves PSNR)"),
+          seed: int = typer.Option(0, "--seed"),
+          stages: Optional[int] = typer.Option(None, "--stages", help="residual-VQ stages (default 10; more than --init has grows it)"),
+          hidden: Optional[int] = typer.Option(None, "--hidden", help="channels inside the residual blocks"),
+          init: Optional[Path] = typer.Option(None, "--init", help="start from this model's weights"),
+          resume: Optional[Path] = typer.Option(None, "--resume", help="continue from this checkpoint exactly"),
+          checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="checkpoint file (default: OUTPUT with .ckpt)"),
+          val: Optional[Path] = typer.Option(None, "--val", help="folder of held-out clips for validation"),
+          val_every: int = typer.Option(500, "--val-every", help="steps between validations"),
+          minutes: Optional[float] = typer.Option(None, "--minutes", help="stop after this long (checkpoint, resume later)"),
+          workers: int = typer.Option(-1, "--workers", help="data-loading processes (-1: none on CPU, up to 8 on CUDA)"),
+          device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
+    """Fit a model on a folder of clips: network, codebooks, then the entropy tables."""
+    from .console import train_display
+    from .train import train_model, parse_training
 
+    options, config = parse_training(crop=crop, steps=steps, batch=batch, frames=frames, lr=lr, ms_ssim=ms_ssim,
+                                     seed=seed, val_every=val_every, minutes=minutes, workers=workers,
+                                     stages=stages, hidden=hidden, init=init)
+    with train_display(steps) as show:
+        result = train_model(clips, output, options=options, config=config, init=init, resume=resume,
+                             checkpoint=checkpoint, val_dir=val, device=device.value, overwrite=yes, log=show)
+    typer.echo(result.summary())
+
+
+@app.command()
+def info(input: Optional[Path] = typer.Argument(None, help="a .vqv file"),
+         model: Optional[Path] = typer.Option(None, "--model", "-m", help="describe this model file instead"),
+         as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Show what is inside a .vqv file (header, segments, damage) or a model file (--model)."""
+    from .codec import inspect, inspect_model
+
+    if (input is None) == (model is None):
+        raise typer.BadParameter("give a .vqv file or --model MODEL.pt (one of them)")
+    if model is not None:
+        d = inspect_model(model)
+        if as_json:
+            typer.echo(json.dumps(d, indent=2))
+        else:
+            for key, value in d.items():
+                typer.echo(f"{key:>15}: {value}")
+        return
     d = inspect(input)
     if as_json:
         typer.echo(json.dumps(d, indent=2))

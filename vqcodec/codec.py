@@ -128,7 +128,7 @@ class SegmentCoder:
         self.model, self.device, self.batch = model, device, max(1, batch)
         self.net = model.net.to(device).eval()
         self.cfg = model.config
-        self.coder = EntropyCoder(model.tables)
+        self.coder = EntropyCoder(model.tables) if model.tables is not None else None
 
     def indices(self, frames: list[Frame], stages: int) -> np.ndarray:
         y, u, v = pad_planes(frames, self.cfg.patch, self.cfg.frames)
@@ -421,6 +421,37 @@ def inspect(src: Path) -> dict:
               "kbps": round(8 * size / seconds / 1000, 3) if seconds else 0.0,
               "bpp": round(8 * size / (header.width * header.height * header.frames), 5) if header.frames else 0.0,
               "segment_table": segments, "damaged": damaged})
+    return d
+
+
+def fit_model_tables(net, paths: list[Path], *, frames: int = 64, segment_frames: int = DEFAULT_SEGMENT_FRAMES,
+                     device: str = "cpu") -> torch.Tensor:
+    """Freeze the context model: code the first `frames` frames of each clip segment by segment,
+    exactly as encode does at full depth, count (context, index) pairs, and quantise them to
+    integer tables."""
+    from .entropy import count_transitions, fit_tables
+
+    coder = SegmentCoder(CodecModel(net, None, b""), device)
+    counts = None
+    for path in paths:
+        for chunk in _chunks(read_frames(Path(path), limit=frames), segment_frames):
+            idx = coder.indices(chunk, net.config.stages)
+            counts = count_transitions(idx, net.config.codes, counts)
+    return fit_tables(counts)
+
+
+def inspect_model(path: Path) -> dict:
+    """What a model file holds: fingerprint, architecture, entropy tables, training facts."""
+    cm = load_model(path, need_tables=False)
+    meta = dict(cm.meta)
+    d = {"model": cm.fingerprint.hex(), "path": str(cm.path), "architecture": cm.config.to_dict(),
+         "parameters": sum(p.numel() for p in cm.net.parameters()),
+         "tables": list(cm.tables.shape) if cm.tables is not None else "none (a training checkpoint)"}
+    for key in ("steps", "wall_s", "device", "world", "validation", "train"):
+        if key in meta:
+            d[key] = meta[key]
+    if "data" in meta:
+        d["data"] = f"{len(meta['data'])} clips"
     return d
 
 

@@ -17,3 +17,30 @@ def progress_bar(label: str, total: int | None) -> Iterator:
     with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = bar.add_task(label, total=total or None)
         yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def train_display(total: int) -> Iterator:
+    """A live line per training record: step, loss, PSNR, codebook use, speed, ETA; validation
+    results and phases as lines of their own.  Off a terminal: one plain line per record."""
+    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, disable=not stderr.is_terminal) as bar:
+        task = None
+
+        def show(r: dict) -> None:
+            nonlocal task
+            if "phase" in r:
+                stderr.print(f"fitting entropy tables on {r['clips']} clips")
+                return
+            stats = (f"loss {r['loss']:.5f}  PSNR {r['psnr']:.2f} dB  perplexity {r['perplexity']:.0f}  "
+                     f"dead {r['dead']}  {r['steps_s']:.2f} steps/s")
+            if task is None:
+                task = bar.add_task("train", total=r["steps"], completed=r["step"], stats=stats)
+            bar.update(task, completed=r["step"], stats=stats)
+            if not stderr.is_terminal:
+                stderr.print(f"step {r['step']}/{r['steps']}  {stats}", highlight=False, soft_wrap=True)
+            if "val" in r:
+                stderr.print(f"validation at step {r['step']}: " + ", ".join(
+                    f"q{q} {v['psnr_yuv']:.2f} dB ~{v['bpp']:.3f} bpp" for q, v in r["val"].items()), highlight=False, soft_wrap=True)
+        yield show

@@ -100,6 +100,6 @@ def load_model(path: Path | None = None, device: str = "cpu", need_tables: bool 
     tables = raw.get("tables")
     if need_tables and tables is None:
         raise VqvError(f"{path}: a training checkpoint without entropy tables; finalise it first "
-                       "(scripts/finalize_model.py)")
+                       "(vqcodec train writes finished models)")
     fp = fingerprint(raw["config"], raw["state_dict"], tables)
     return CodecModel(net, tables, fp, raw.get("meta", {}), path)

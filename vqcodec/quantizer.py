@@ -8,7 +8,12 @@ equals the quantised latent of ``forward`` exactly (a test checks it).
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import nn
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class ResidualVQ(nn.Module):
@@ -51,10 +56,12 @@ class ResidualVQ(nn.Module):
 
     # -- training ---------------------------------------------------------------------
     @torch.no_grad()
-    def kmeans_init(self, z: torch.Tensor, iters: int = 10) -> None:
-        """Seed every stage by k-means on the residual that stage will see."""
+    def kmeans_init(self, z: torch.Tensor, iters: int = 10, first: int = 0) -> None:
+        """Seed stages `first`.. by k-means on the residual each will see (earlier stages kept)."""
         residual = z.float().clone()
-        for k in range(self.stages):
+        for k in range(first):
+            residual -= self.codebooks[k][self.nearest(residual, self.codebooks[k])]
+        for k in range(first, self.stages):
             book = residual[torch.randperm(len(residual), device=z.device)[: self.codes]].clone()
             for _ in range(iters):
                 idx = self.nearest(residual, book)
@@ -73,6 +80,10 @@ class ResidualVQ(nn.Module):
         """z (N, D); stages: int, or a (N,) tensor of per-vector depths (quantizer dropout).
 
         Returns (z_q straight-through, indices (S, N), commitment loss)."""
+        with torch.autocast(z.device.type, enabled=False):  # the search stays in float32 under bf16
+            return self._forward(z, stages)
+
+    def _forward(self, z: torch.Tensor, stages):
         n = z.shape[0]
         if stages is None:
             stages = self.stages
@@ -98,6 +109,9 @@ class ResidualVQ(nn.Module):
     def _ema_update(self, k: int, x: torch.Tensor, idx: torch.Tensor) -> None:
         onehot_count = torch.bincount(idx, minlength=self.codes).float()
         sums = torch.zeros(self.codes, self.dim, device=x.device).index_add_(0, idx, x)
+        if _distributed():  # every rank sees the statistics of the whole global batch
+            dist.all_reduce(onehot_count)
+            dist.all_reduce(sums)
         self.ema_count[k].mul_(self.decay).add_(onehot_count, alpha=1 - self.decay)
         self.ema_sum[k].mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.ema_count[k].sum()
@@ -108,6 +122,8 @@ class ResidualVQ(nn.Module):
         n_dead = int(dead.sum())
         if n_dead:
             pick = x[torch.randint(len(x), (n_dead,), device=x.device)]
+            if _distributed():  # the same restarts on every rank: rank 0's picks
+                dist.broadcast(pick, 0)
             self.codebooks[k][dead] = pick
             self.ema_sum[k][dead] = pick
             self.ema_count[k][dead] = total / self.codes

@@ -112,6 +112,59 @@ def read_frames(path: Path, limit: int | None = None, start: int = 0) -> Iterato
         container.close()
 
 
+def read_window(path: Path, start: int, count: int) -> list[Frame]:
+    """About `count` consecutive frames from near frame `start`, for training samples.
+
+    Seeks to the keyframe before `start` (by timestamp, assuming a constant frame rate) and
+    decodes forward, so a window deep inside a long clip costs one GOP, not the whole prefix.
+    Frame numbering may be off by a few frames on variable-rate streams; training does not
+    care.  Falls back to decoding from the start when the stream cannot seek."""
+    container = _open_input(Path(path))
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        first = stream.start_time or 0
+        skip = start
+        if start > 0 and rate and stream.time_base:
+            target = first + int(start / float(rate) / float(stream.time_base))
+            try:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+                skip = None
+            except av.FFmpegError:
+                container.seek(0, stream=stream)
+        out: list[Frame] = []
+        try:
+            for i, f in enumerate(container.decode(stream)):
+                if skip is None:  # after a seek: drop the frames before the target time
+                    if f.pts is not None and f.pts < target:
+                        continue
+                elif i < skip:
+                    continue
+                out.append(frame_from_av(f))
+                if len(out) >= count:
+                    break
+        except av.FFmpegError:
+            if not out:
+                raise InputError(f"{path}: cannot decode video") from None
+        return out
+    finally:
+        container.close()
+
+
+def count_frames(path: Path) -> int:
+    """Frames in the first video stream: the container's count, else the demuxed packets."""
+    info = probe(path)
+    if info.frames:
+        return info.frames
+    container = _open_input(Path(path))
+    try:
+        stream = container.streams.video[0]
+        return sum(1 for p in container.demux(stream) if p.size)
+    finally:
+        container.close()
+
+
 def output_kind(path: Path) -> str:
     """'dir' (PNG frames), 'image' (one still), or the container extension."""
     ext = Path(path).suffix.lower()
