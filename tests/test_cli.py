@@ -72,10 +72,10 @@ def good_vqv(tmp_path_factory, carphone):
     return path
 
 
-def _newer(src, dst):
+def _version(src, dst, version):
     from vqcodec.fuzz import reseal
     data = bytearray(src.read_bytes())
-    data[4:6] = (2).to_bytes(2, "little")
+    data[4:6] = version.to_bytes(2, "little")
     dst.write_bytes(reseal(bytes(data)))
 
 
@@ -99,6 +99,7 @@ def _other_model(dst):
 CASES = {
     "no video stream": (["encode", "{audio}", "-o", "{out}"], "has no video stream"),
     "newer format": (["decode", "{newer}", "-o", "{y4m}"], "newer than this vqcodec"),
+    "older format": (["decode", "{older}", "-o", "{y4m}"], "earlier vqcodec"),
     "truncated header": (["decode", "{trunc}", "-o", "{y4m}"], "truncated"),
     "truncated segment": (["decode", "{cut}", "-o", "{y4m}"], "is damaged"),
     "wrong model": (["decode", "{good}", "-o", "{y4m}", "--model", "{other}"], "written with model"),
@@ -113,10 +114,12 @@ CASES = {
 def test_every_bad_case_is_one_line(tmp_path, carphone, good_vqv, capsys, name):
     args, message = CASES[name]
     names = {"audio": _audio_only(tmp_path / "a.mka"), "out": tmp_path / "o.vqv", "y4m": tmp_path / "o.y4m",
-             "good": good_vqv, "clip": carphone, "newer": tmp_path / "n.vqv", "trunc": tmp_path / "t.vqv",
+             "good": good_vqv, "clip": carphone, "newer": tmp_path / "n.vqv", "older": tmp_path / "o1.vqv", "trunc": tmp_path / "t.vqv",
              "cut": tmp_path / "c.vqv", "damaged": tmp_path / "d.vqv", "other": tmp_path / "other.pt",
              "tmp": tmp_path}
-    _newer(good_vqv, names["newer"])
+    from vqcodec.bitstream import VERSION
+    _version(good_vqv, names["newer"], VERSION + 1)
+    _version(good_vqv, names["older"], 1)
     names["trunc"].write_bytes(good_vqv.read_bytes()[:30])
     names["cut"].write_bytes(good_vqv.read_bytes()[:-50])
     _damage_segment_1(good_vqv, names["damaged"])

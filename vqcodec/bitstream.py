@@ -3,20 +3,21 @@
 File header, 64 bytes:
   off size field
     0   4  magic b"VQVC"
-    4   2  format version (u16), currently 1
+    4   2  format version (u16), currently 2
     6   2  header size in bytes (u16) = 64
     8  16  model fingerprint (first 16 bytes of SHA-256 of the model, see modelfile.py)
    24   4  width (u32)            28  4  height (u32)
    32   4  fps numerator (u32)    36  4  fps denominator (u32)
    40   4  frame count (u32)
    44   1  pixel format (u8): 0 = yuv420p, 8 bit
-   45   1  quality 1..8 (u8)      46  1  VQ stages coded (u8)
+   45   1  quality 1..8 (u8), or 0: rate-controlled (see 56)
+   46   1  VQ stages: the most any segment codes (u8)
    47   1  frames per temporal group T (u8)
    48   2  frames per segment (u16, a multiple of T)
    50   1  patch (latent stride in luma pixels, u8)
    51   1  reserved, 0
    52   4  segment count (u32)
-   56   4  reserved, 0
+   56   4  target bit rate in kbit/s (u32) when quality is 0, else 0
    60   4  CRC-32 of bytes 0..59
 
 Segment, repeated ``segment count`` times, each decodable on its own:
@@ -24,7 +25,8 @@ Segment, repeated ``segment count`` times, each decodable on its own:
     4   4  segment index (u32, from 0)
     8   4  first frame (u32)
    12   2  frames in this segment (u16)
-   14   2  reserved, 0
+   14   1  quality of this segment 1..8 (u8)
+   15   1  VQ stages coded in this segment (u8), 1..header stages
    16   4  payload length in bytes (u32, a multiple of 4)
    20   4  CRC-32 of bytes 0..19 and the payload
    24   …  payload: the segment's range-coder words (u32 each)
@@ -43,7 +45,7 @@ from typing import Iterator
 
 MAGIC = b"VQVC"
 SEGMENT_MAGIC = b"VQSG"
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 64
 SEGMENT_HEADER_SIZE = 24
 PIX_FMTS = {0: "yuv420p"}
@@ -54,7 +56,7 @@ MAX_SEGMENT_FRAMES = 4096
 MAX_PAYLOAD = 1 << 30
 
 _HEADER = struct.Struct("<4sHH16sIIIIIBBBBHBBII")
-_SEGMENT = struct.Struct("<4sIIHHI")
+_SEGMENT = struct.Struct("<4sIIHBBI")
 assert _HEADER.size == HEADER_SIZE - 4 and _SEGMENT.size == SEGMENT_HEADER_SIZE - 4
 
 
@@ -77,12 +79,13 @@ class Header:
     segments: int
     pix_fmt: int = 0
     version: int = VERSION
+    bitrate: int = 0  # target kbit/s of a rate-controlled file (quality 0)
 
     def pack(self) -> bytes:
         body = _HEADER.pack(MAGIC, self.version, HEADER_SIZE, self.fingerprint, self.width, self.height,
                             self.fps.numerator, self.fps.denominator, self.frames, self.pix_fmt,
                             self.quality, self.stages, self.group_frames, self.segment_frames,
-                            self.patch, 0, self.segments, 0)
+                            self.patch, 0, self.segments, self.bitrate)
         return body + struct.pack("<I", zlib.crc32(body))
 
     def to_dict(self) -> dict:
@@ -101,19 +104,22 @@ def unpack_header(data: bytes) -> Header:
         raise BitstreamError(f"format version {version} is newer than this vqcodec reads (version {VERSION})")
     if len(data) < HEADER_SIZE:
         raise BitstreamError("truncated header")
-    (_, version, size, fp, w, h, fn, fd, frames, pix, q, stages, t, seg, patch, _r1, nseg, _r2) = \
+    if version < VERSION:
+        raise BitstreamError(f"format version {version} was written by an earlier vqcodec (0.1); "
+                             f"this one reads version {VERSION}")
+    (_, version, size, fp, w, h, fn, fd, frames, pix, q, stages, t, seg, patch, _r1, nseg, rate) = \
         _HEADER.unpack_from(data)
     if zlib.crc32(data[: HEADER_SIZE - 4]) != struct.unpack_from("<I", data, HEADER_SIZE - 4)[0]:
         raise BitstreamError("header is damaged (CRC mismatch)")
     if size != HEADER_SIZE or pix not in PIX_FMTS:
         raise BitstreamError("unsupported header layout or pixel format")
     if not (0 < w <= MAX_DIM and 0 < h <= MAX_DIM and w * h <= MAX_PIXELS and fn > 0 and fd > 0 and t > 0
-            and patch > 0 and stages > 0 and 0 < seg <= MAX_SEGMENT_FRAMES and seg % t == 0 and 1 <= q <= 8
+            and patch > 0 and stages > 0 and 0 < seg <= MAX_SEGMENT_FRAMES and seg % t == 0 and 0 <= q <= 8 and (q > 0) == (rate == 0)
             and frames <= MAX_FRAMES):
         raise BitstreamError("header has out-of-range fields")
     if nseg != -(-frames // seg):
         raise BitstreamError("header segment count does not match its frame count")
-    return Header(fp, w, h, Fraction(fn, fd), frames, q, stages, t, seg, patch, nseg, pix, version)
+    return Header(fp, w, h, Fraction(fn, fd), frames, q, stages, t, seg, patch, nseg, pix, version, rate)
 
 
 @dataclass
@@ -122,11 +128,14 @@ class Segment:
     first_frame: int
     frames: int
     payload: bytes
+    quality: int = 1
+    stages: int = 1
 
     def pack(self) -> bytes:
         if len(self.payload) % 4 or len(self.payload) > MAX_PAYLOAD:
             raise BitstreamError("payload length must be a multiple of 4 and below 1 GiB")
-        head = _SEGMENT.pack(SEGMENT_MAGIC, self.index, self.first_frame, self.frames, 0, len(self.payload))
+        head = _SEGMENT.pack(SEGMENT_MAGIC, self.index, self.first_frame, self.frames, self.quality, self.stages,
+                             len(self.payload))
         return head + struct.pack("<I", zlib.crc32(self.payload, zlib.crc32(head))) + self.payload
 
 
@@ -182,7 +191,7 @@ def _parse_at(view: memoryview, pos: int, header: Header, index: int):
     n = len(view)
     if pos + SEGMENT_HEADER_SIZE > n:
         return "truncated (file ends early)"
-    magic, idx, first, frames, _r, length = _SEGMENT.unpack_from(view, pos)
+    magic, idx, first, frames, quality, stages, length = _SEGMENT.unpack_from(view, pos)
     if magic != SEGMENT_MAGIC:
         return "bad segment marker"
     if length % 4 or length > MAX_PAYLOAD or pos + SEGMENT_HEADER_SIZE + length > n:
@@ -194,7 +203,9 @@ def _parse_at(view: memoryview, pos: int, header: Header, index: int):
     exp_first, exp_frames = expected_frames(header, idx)
     if idx != index or first != exp_first or frames != exp_frames:
         return f"unexpected segment number {idx}"
-    return Segment(idx, first, frames, bytes(view[pos + SEGMENT_HEADER_SIZE:end])), end
+    if not (1 <= quality <= 8 and 1 <= stages <= header.stages):
+        return "segment quality or VQ stages out of range"
+    return Segment(idx, first, frames, bytes(view[pos + SEGMENT_HEADER_SIZE:end]), quality, stages), end
 
 
 def _resync(view: memoryview, start: int, header: Header, index: int):

@@ -4,11 +4,14 @@ Layout of the dict saved with torch.save (loaded with weights_only=True):
   format: "vqcodec-model", version: 1,
   config: ModelConfig as a dict (the file rebuilds its own network),
   state_dict: the network's weights and codebooks,
-  tables: int32 tensor (stages, contexts, codes) of frequencies (see entropy.py), or absent
-          in a training checkpoint,
+  tables: int32 tensor (stages, codes + 2, codes) of index frequencies, and
+  mode_tables: int32 tensor (mode contexts, 3) of token-mode frequencies (see entropy.py);
+          both absent in a training checkpoint,
   meta: free-form training facts (data, steps, hardware) for humans.
 The fingerprint is the first 16 bytes of SHA-256 over the config, every tensor (sorted by
 name, little-endian bytes) and the tables; a .vqv file records it and decode checks it.
+Version 2 added the mode tables; version-1 files (vqcodec 0.1) still load as training starting
+points (--init), not as codec models.
 """
 from __future__ import annotations
 
@@ -25,14 +28,15 @@ from .errors import VqvError
 from .model import ModelConfig, VQVAE
 
 FORMAT = "vqcodec-model"
-VERSION = 1
+VERSION = 2
+Tables = tuple  # (index tables, mode tables), int32 tensors
 DEFAULT_NAME = "default.pt"
 
 
 @dataclass
 class CodecModel:
     net: VQVAE
-    tables: torch.Tensor | None
+    tables: Tables | None
     fingerprint: bytes
     meta: dict = field(default_factory=dict)
     path: Path | None = None
@@ -42,14 +46,14 @@ class CodecModel:
         return self.net.config
 
 
-def fingerprint(config: dict, state: dict, tables: torch.Tensor | None) -> bytes:
+def fingerprint(config: dict, state: dict, tables: Tables | None) -> bytes:
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
         h.update(name.encode())
         h.update(t.numpy().astype(t.numpy().dtype.newbyteorder("<"), copy=False).tobytes())
-    if tables is not None:
-        h.update(tables.cpu().to(torch.int32).contiguous().numpy().astype("<i4").tobytes())
+    for t in tables or ():
+        h.update(t.cpu().to(torch.int32).contiguous().numpy().astype("<i4").tobytes())
     return h.digest()[:16]
 
 
@@ -63,7 +67,7 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parent.parent / "models" / DEFAULT_NAME
 
 
-def save_model(path: Path, net: VQVAE, tables: torch.Tensor | None, meta: dict | None = None,
+def save_model(path: Path, net: VQVAE, tables: Tables | None, meta: dict | None = None,
                extra: dict | None = None) -> bytes:
     """Write atomically (temporary name, then rename). Returns the fingerprint."""
     config = net.config.to_dict()
@@ -72,7 +76,8 @@ def save_model(path: Path, net: VQVAE, tables: torch.Tensor | None, meta: dict |
     payload = {"format": FORMAT, "version": VERSION, "config": config, "state_dict": state,
                "meta": meta or {}, "fingerprint": fp.hex()}
     if tables is not None:
-        payload["tables"] = tables.cpu().to(torch.int32)
+        payload["tables"] = tables[0].cpu().to(torch.int32)
+        payload["mode_tables"] = tables[1].cpu().to(torch.int32)
     payload.update(extra or {})
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -97,7 +102,10 @@ def load_model(path: Path | None = None, device: str = "cpu", need_tables: bool 
     net = VQVAE(config)
     net.load_state_dict(raw["state_dict"])
     net.eval().to(device)
-    tables = raw.get("tables")
+    tables = (raw["tables"], raw["mode_tables"]) if "mode_tables" in raw else None
+    if need_tables and raw.get("version", 0) < VERSION:
+        raise VqvError(f"{path}: a model file of vqcodec 0.1 (format {raw.get('version')}); its entropy tables "
+                       "predate the token modes: train from it with --init, or refit its tables")
     if need_tables and tables is None:
         raise VqvError(f"{path}: a training checkpoint without entropy tables; finalise it first "
                        "(vqcodec train writes finished models)")

@@ -47,6 +47,25 @@ class ResidualVQ(nn.Module):
             residual -= self.codebooks[k][idx]
         return out
 
+    @torch.no_grad()
+    def refine(self, r: torch.Tensor, first: int, stages: int) -> torch.Tensor:
+        """Greedy indices (stages - first, N) of stages first.. for a residual r (N, D): the small
+        codebooks of the last stages code a small change."""
+        residual = r.float().clone()
+        out = torch.empty(stages - first, r.shape[0], dtype=torch.long, device=r.device)
+        for k in range(first, stages):
+            idx = self.nearest(residual, self.codebooks[k])
+            out[k - first] = idx
+            residual -= self.codebooks[k][idx]
+        return out
+
+    def decode_stages(self, indices: torch.Tensor, first: int) -> torch.Tensor:
+        """Sum of the codewords of stages first.. given their indices (S - first, N)."""
+        z = self.codebooks[first][indices[0]]
+        for k in range(1, indices.shape[0]):
+            z = z + self.codebooks[first + k][indices[k]]
+        return z
+
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """indices (S, N) with S <= stages -> latent (N, D)."""
         z = self.codebooks[0][indices[0]]
