@@ -22,6 +22,12 @@ def test_encode_decode_info_through_the_cli(tmp_path, carphone, capsys):
     d = json.loads(out)
     assert d["frames"] == 12 and d["quality"] == 3 and d["segments"] == 1
 
+    code, out, err = run(capsys, "encode", carphone, "-o", tmp_path / "b.vqv", "--bitrate", "300", "--segment", "4")
+    assert code == 0, err
+    assert "target 300 kbit/s" in out
+    code, out, _ = run(capsys, "info", tmp_path / "b.vqv")
+    assert "rate-controlled" in out and "bitrate: 300" in out
+
 
 @pytest.mark.parametrize("args, message", [
     (["encode", "{missing}", "-o", "{out}"], "no such file"),
@@ -35,6 +41,8 @@ def test_encode_decode_info_through_the_cli(tmp_path, carphone, capsys):
     (["info", "{missing}"], "no such file"),
     (["encode", "{clip}"], "Missing option"),
     (["encode", "{clip}", "-o", "{out}", "--segment", "0"], "--segment must be"),
+    (["encode", "{clip}", "-o", "{out}", "-q", "3", "--bitrate", "100"], "not both"),
+    (["encode", "{clip}", "-o", "{out}", "--bitrate", "-5"], "--bitrate must be"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path, carphone, capsys, args, message):
     (tmp_path / "t.txt").write_text("not a video")

@@ -35,17 +35,21 @@ YesOpt = typer.Option(False, "-y", "--yes", help="overwrite an existing output")
 @app.command()
 def encode(input: Path = typer.Argument(..., help="any video PyAV can open"),
            output: Path = typer.Option(..., "-o", "--output", help="the .vqv file to write"),
-           quality: int = typer.Option(4, "--quality", "-q", help="1 (smallest) .. 8 (best picture)"),
+           quality: Optional[int] = typer.Option(None, "--quality", "-q", help="1 (smallest) .. 8 (best picture); default 4"),
+           bitrate: Optional[float] = typer.Option(None, "--bitrate", "-b", help="target kbit/s instead of a quality (chosen per segment)"),
            segment: int = typer.Option(32, "--segment", help="frames per independently decodable segment"),
            model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
     """Compress a video into a .vqv file."""
-    from .codec import encode_file
+    from .codec import DEFAULT_QUALITY, encode_file
     from .console import progress_bar
+    from .errors import VqvError
     from .video import probe
 
+    if quality is not None and bitrate is not None:
+        raise VqvError("give --quality or --bitrate, not both")
     with progress_bar("encode", probe(input).frames) as advance:
-        report = encode_file(input, output, quality=quality, model=model, device=device.value,
-                             overwrite=yes, segment_frames=segment, progress=advance)
+        report = encode_file(input, output, quality=quality or DEFAULT_QUALITY, bitrate=bitrate, model=model,
+                             device=device.value, overwrite=yes, segment_frames=segment, progress=advance)
     typer.echo(report.summary())
 
 
@@ -118,9 +122,14 @@ def info(input: Optional[Path] = typer.Argument(None, help="a .vqv file"),
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
-    for key in ("version", "model", "width", "height", "fps", "frames", "pix_fmt", "quality", "stages",
+    for key in ("version", "model", "width", "height", "fps", "frames", "pix_fmt", "quality", "bitrate", "stages",
                 "group_frames", "segment_frames", "segments", "bytes", "kbps", "bpp"):
-        typer.echo(f"{key:>15}: {d[key]}")
+        if key == "bitrate" and not d[key]:
+            continue
+        value = d[key]
+        if key == "quality" and value == 0:
+            value = "rate-controlled: " + ", ".join(f"{q}" for q in d["segment_qualities"]) + " per segment"
+        typer.echo(f"{key:>15}: {value}")
     for s in d["damaged"]:
         typer.echo(f"{'damaged':>15}: segment {s['index']} (frames {s['first_frame']}-"
                    f"{s['first_frame'] + s['frames'] - 1}): {s['reason']}")

@@ -334,6 +334,7 @@ class EncodeReport:
     quality: int
     estimated_bits: float = 0.0
     segment_qualities: list[int] = field(default_factory=list)
+    target_kbps: float | None = None
 
     @property
     def bpp(self) -> float:
@@ -345,7 +346,9 @@ class EncodeReport:
 
     def summary(self) -> str:
         return (f"encoded {_frames(self.frames)} {self.width}x{self.height}, {self.bytes} bytes, "
-                f"{self.kbps:.1f} kbit/s, {self.bpp:.4f} bpp, {self.frames / max(self.seconds, 1e-9):.2f} fps")
+                f"{self.kbps:.1f} kbit/s, {self.bpp:.4f} bpp, {self.frames / max(self.seconds, 1e-9):.2f} fps"
+                + (f" (target {self.target_kbps:g} kbit/s, segment qualities {min(self.segment_qualities)}-"
+                   f"{max(self.segment_qualities)})" if self.target_kbps else ""))
 
 
 def encode_file(src: Path, dst: Path, *, quality: int = DEFAULT_QUALITY, bitrate: float | None = None,
@@ -418,7 +421,7 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path, *, quality:
         out.flush()
         os.fsync(out.fileno())
     size = Path(dst).stat().st_size
-    return EncodeReport(total, width, height, float(fps), size, time.time() - t0, quality, est_bits, qualities)
+    return EncodeReport(total, width, height, float(fps), size, time.time() - t0, quality, est_bits, qualities, bitrate)
 
 
 def _read_vqv(path: Path):
@@ -566,6 +569,7 @@ def inspect(src: Path) -> dict:
         for seg in bs.read_segments(data, header):
             if isinstance(seg, bs.Segment):
                 segments.append({"index": seg.index, "first_frame": seg.first_frame, "frames": seg.frames,
+                                 "quality": seg.quality, "stages": seg.stages,
                                  "bytes": len(seg.payload) + bs.SEGMENT_HEADER_SIZE})
             else:
                 damaged.append({"index": seg.index, "first_frame": seg.first_frame, "frames": seg.frames,
@@ -577,7 +581,8 @@ def inspect(src: Path) -> dict:
     d.update({"model": d.pop("fingerprint"), "bytes": size,
               "kbps": round(8 * size / seconds / 1000, 3) if seconds else 0.0,
               "bpp": round(8 * size / (header.width * header.height * header.frames), 5) if header.frames else 0.0,
-              "segment_table": segments, "damaged": damaged})
+              "segment_table": segments, "damaged": damaged,
+              "segment_qualities": [s["quality"] for s in segments]})
     return d
 
 
