@@ -8,6 +8,7 @@ import pytest
 from vqcodec.bench import CLASSICS, bd_rate, ms_ssim, parse_qualities, run
 from vqcodec.cli import main
 from vqcodec.errors import VqvError
+from vqcodec.modelfile import load_model
 from vqcodec.video import read_frames
 
 R = np.array([0.05, 0.1, 0.2, 0.4, 0.8])
@@ -86,3 +87,20 @@ def test_bench_command_writes_json_and_csv(tmp_path, carphone, capsys):
 def test_bench_rejects_unknown_codecs(tmp_path, carphone, capsys):
     code = main(["bench", str(carphone), "--codecs", "mpeg1", "--qualities", "4"])
     assert code == 1 and "unknown mpeg1" in capsys.readouterr().err
+
+
+def test_bench_measures_another_model_as_an_anchor(tmp_path, carphone, capsys, model):
+    import torch
+    from vqcodec.modelfile import save_model
+    with torch.no_grad():  # a worse model: its decoder adds a bias
+        m = load_model()
+        m.net.decoder[0].proj.bias.add_(0.003)
+    save_model(tmp_path / "older.pt", m.net, m.tables)
+    code = main(["bench", str(carphone), "--qualities", "2-5", "--codecs", "x264", "--frames", "4",
+                 "--compare-model", str(tmp_path / "older.pt"), "--json", str(tmp_path / "r.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert set(d["bd_rate"]) == {"x264", "model:older"}
+    assert d["bd_rate"]["model:older"]["average"] < 0  # the shipped model needs fewer bits
+    assert "BD-rate of vqcodec against model:older" in out

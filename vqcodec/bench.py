@@ -163,7 +163,9 @@ def bd_rates(points: list[Point], reference_prefix: str = "vqcodec") -> dict:
 
 # -- the run -----------------------------------------------------------------------------------------
 def run(inputs: list[Path], *, qualities: list[int], codecs: list[str], frames: int | None, model: CodecModel,
-        device: str, progress=None) -> tuple[list[Point], dict]:
+        device: str, progress=None, others: dict[str, CodecModel] | None = None) -> tuple[list[Point], dict]:
+    """Every codec on the same decoded frames.  `others`: more vqcodec models, measured as anchors
+    named "model:NAME" (for instance the previous default model)."""
     unknown = [c for c in codecs if c not in CLASSICS]
     if unknown:
         raise VqvError(f"--codecs: unknown {', '.join(unknown)} (choose from {', '.join(CLASSICS)})")
@@ -174,11 +176,12 @@ def run(inputs: list[Path], *, qualities: list[int], codecs: list[str], frames: 
             ref = list(read_frames(src, limit=frames))
             if not ref:
                 raise VqvError(f"{src}: no frames")
-            for q in qualities:
-                nbytes, dec, te, td = run_vqcodec(ref, fps, q, model, device, Path(tmp))
-                points.append(measure(src.name, "vqcodec", q, ref, dec, nbytes, fps, te, td))
-                if progress:
-                    progress(points[-1])
+            for name, m in [("vqcodec", model)] + [(f"model:{k}", v) for k, v in (others or {}).items()]:
+                for q in qualities:
+                    nbytes, dec, te, td = run_vqcodec(ref, fps, q, m, device, Path(tmp))
+                    points.append(measure(src.name, name, q, ref, dec, nbytes, fps, te, td))
+                    if progress:
+                        progress(points[-1])
             for c in codecs:
                 for crf in CLASSICS[c].settings:
                     nbytes, dec, te, td = CLASSICS[c].run(ref, fps, crf, Path(tmp))
@@ -225,7 +228,8 @@ def parse_qualities(text: str) -> list[int]:
 
 
 def report(inputs: list[Path], *, qualities: str, codecs: str, frames: int | None, json_out: Path | None,
-           csv_out: Path | None, plot_out: Path | None, model: Path | None, device: str) -> dict:
+           csv_out: Path | None, plot_out: Path | None, model: Path | None, device: str,
+           compare: list[Path] | None = None) -> dict:
     """The `vqcodec bench` command: run, print a table and BD-rates, write the files asked for."""
     import csv
     import json
@@ -239,11 +243,12 @@ def report(inputs: list[Path], *, qualities: str, codecs: str, frames: int | Non
 
     device = resolve_device(device)
     cm = load_model(model, device)
+    others = {Path(p).stem: load_model(p, device) for p in compare or []}
     for p in inputs:
         probe(p)  # fail early, with one line, on a bad input
     codec_list = [c.strip() for c in codecs.split(",") if c.strip()]
     points, bd = run(inputs, qualities=parse_qualities(qualities), codecs=codec_list, frames=frames, model=cm,
-                     device=device, progress=lambda p: stderr.log(f"{p.input} {p.codec} {p.setting}: "
+                     device=device, others=others, progress=lambda p: stderr.log(f"{p.input} {p.codec} {p.setting}: "
                                                                   f"{p.bpp:.4f} bpp {p.psnr_yuv:.2f} dB"))
     console = Console()
     if not console.is_terminal:

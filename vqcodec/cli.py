@@ -143,12 +143,13 @@ def bench(inputs: list[Path] = typer.Argument(..., help="videos to measure on"),
           json_out: Optional[Path] = typer.Option(None, "--json", help="write all results as JSON"),
           csv_out: Optional[Path] = typer.Option(None, "--csv", help="write all results as CSV"),
           plot_out: Optional[Path] = typer.Option(None, "--plot", help="rate-distortion curves (PNG, needs matplotlib)"),
+          compare: Optional[list[Path]] = typer.Option(None, "--compare-model", help="another model to measure as an anchor (repeatable)"),
           model: Optional[Path] = ModelOpt, device: Device = DeviceOpt) -> None:
     """Rate-distortion and speed beside x264, x265, SVT-AV1 and VP9, with BD-rate."""
     from .bench import report
 
     report(inputs, qualities=qualities, codecs=codecs, frames=frames or None, json_out=json_out,
-           csv_out=csv_out, plot_out=plot_out, model=model, device=device.value)
+           csv_out=csv_out, plot_out=plot_out, model=model, device=device.value, compare=compare)
 
 
 def main(argv: list[str] | None = None) -> int:
