@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import bitstream as bs
+from . import motion
 from .entropy import INTRA, MODE_FIRST, REFINE, SKIP, EntropyCoder, refine_stages
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
@@ -137,6 +138,9 @@ MODE_LAMBDA = (0.15, 0.12, 0.09, 0.07, 0.05, 0.04, 0.025, 0.015)
 # 0.25 it costs 0.5 % of BD-rate on the sample clips, against up to 13 % more bits on the second
 # group of a still scene without it.
 STILL = 0.25
+# A block moves only when its motion-compensated latent is at least this much closer to the source
+# than its still one (the search itself compares pixels, which noise can fool).
+MC_GAIN = 0.8
 BITS_PER_INDEX = 5.0  # rate of an index before a model has tables (while they are fitted)
 
 
@@ -151,15 +155,18 @@ class SegmentCoder:
         self._bits = torch.from_numpy(self.coder.bits).float().to(device) if self.coder else None
         self._mode_bits = torch.from_numpy(self.coder.mode_bits).float().to(device) if self.coder else None
 
-    def analyse(self, frames: list[Frame]) -> Iterator[torch.Tensor]:
-        """The latent tokens (N, D) of each temporal group, in order."""
+    def analyse(self, frames: list[Frame]) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """Per temporal group, in order: its latent tokens (N, D) and its planes (T, H, W), (T, H/2, W/2) x 2."""
         y, u, v = pad_planes(frames, self.cfg.patch, self.cfg.frames)
         with torch.no_grad():
             for i in range(0, y.shape[0], self.batch):
                 sl = slice(i, i + self.batch)
-                z = self.net.analysis(y[sl].to(self.device), u[sl].to(self.device), v[sl].to(self.device))
+                planes = [p[sl].to(self.device) for p in (y, u, v)]
+                z = self.net.analysis(*planes)
                 b, d, h, w = z.shape
-                yield from z.permute(0, 2, 3, 1).reshape(b, h * w, d).float()
+                tokens = z.permute(0, 2, 3, 1).reshape(b, h * w, d).float()
+                for j in range(b):
+                    yield tokens[j], tuple(p[j] for p in planes)
 
     def _rate(self, idx: torch.Tensor, first: int, ctx: torch.Tensor | int) -> torch.Tensor:
         """Bits of indices (S', N) of stages first.. in context rows ctx ((S', N) or one row id)."""
@@ -168,27 +175,54 @@ class SegmentCoder:
         stages = torch.arange(first, first + idx.shape[0], device=idx.device)[:, None]
         return self._bits[stages, ctx, idx].sum(0)
 
+    def planes(self, z: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        """A group's decoded planes from its latent tokens (N, D), exactly as decode outputs them
+        (8-bit values): what the next group is predicted from."""
+        y, u, v = self.net.synthesis(z.t().reshape(1, -1, *shape))
+        return tuple(p[0].clamp(0.0, 1.0).mul(255.0).round().div(255.0) for p in (y, u, v))
+
+    def base(self, z_prev: torch.Tensor, planes: tuple[torch.Tensor, ...] | None, mv: torch.Tensor,
+             shape: tuple[int, int]) -> torch.Tensor:
+        """The latent each SKIP or REFINE token starts from: its previous latent where its block
+        stands still, the latent of the motion-compensated previous frames where it moves."""
+        moving = motion.token_mask(mv, *shape)
+        if not bool(moving.any()):
+            return z_prev
+        pred = motion.predict(planes, mv, self.cfg.patch)
+        z_mc = self.net.analysis(*(p[None] for p in pred))[0].reshape(z_prev.shape[1], -1).t().float()
+        return torch.where(moving[:, None], z_mc, z_prev)
+
     @torch.no_grad()
-    def decide(self, groups: Iterable[torch.Tensor], stages: int, quality: int,
-               shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Indices and modes, group after group: -> indices (G, S, h, w) int64 (see
-        EntropyCoder.encode) and modes (G, h, w) uint8 (the first group's all INTRA)."""
+    def decide(self, groups: Iterable[tuple[torch.Tensor, tuple]], stages: int, quality: int,
+               shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Indices, modes and vectors, group after group: -> indices (G, S, h, w) int64 (see
+        EntropyCoder.encode), modes (G, h, w) uint8 (the first group's all INTRA) and vectors
+        (G, Hb, Wb) (the first group's all still)."""
         q = self.net.quantizer
         K = self.cfg.codes
         first = stages - refine_stages(stages)
-        out_idx, out_mode = [], []
+        still = torch.full(motion.grid_shape(*shape), motion.ZERO, dtype=torch.long, device=self.device)
+        out_idx, out_mode, out_mv = [], [], []
         z_prev = ref = moved = z_src = None
-        for z in groups:
+        for z, planes in groups:
             idx = q.encode(z, stages)
             z_hat = q.decode(idx)
             mode = torch.zeros(z.shape[0], dtype=torch.uint8, device=z.device)
+            mv = still
             if z_prev is not None:
+                recon = self.planes(z_prev, shape)
+                mv = motion.search(planes[0], recon[0], self.cfg.patch)
+                if bool((mv != motion.ZERO).any()):  # keep a vector only where it predicts the latent better
+                    gain = motion.block_sums(((z - self.base(z_prev, recon, mv, shape)) ** 2).sum(1), shape)
+                    loss = motion.block_sums(((z - z_prev) ** 2).sum(1), shape)
+                    mv = torch.where(gain < MC_GAIN * loss, mv, still)
+                z_base = self.base(z_prev, recon, mv, shape)
                 d_intra = ((z - z_hat) ** 2).sum(1)
                 lam = MODE_LAMBDA[quality - 1] * d_intra.mean()
                 cost_intra = d_intra + lam * self._rate(idx, 0, ref)
-                cost_skip = ((z - z_prev) ** 2).sum(1)
-                r_idx = q.refine(z - z_prev, first, stages)
-                z_ref = z_prev + q.decode_stages(r_idx, first)
+                cost_skip = ((z - z_base) ** 2).sum(1)
+                r_idx = q.refine(z - z_base, first, stages)
+                z_ref = z_base + q.decode_stages(r_idx, first)
                 cost_ref = ((z - z_ref) ** 2).sum(1) + lam * self._rate(r_idx, first, K + 1)
                 costs = torch.stack([cost_intra, cost_skip, cost_ref])
                 if self._mode_bits is not None:  # the modes' own bits, in their pass-A contexts
@@ -199,7 +233,7 @@ class SegmentCoder:
                 refine = best == REFINE
                 idx[first:, refine] = r_idx[:, refine]
                 z_hat = torch.where((best == INTRA)[:, None], z_hat,
-                                    torch.where(refine[:, None], z_ref, z_prev))
+                                    torch.where(refine[:, None], z_ref, z_base))
                 intra = best == INTRA
                 ref[:, intra] = idx[:, intra]
                 moved = best != SKIP
@@ -208,7 +242,8 @@ class SegmentCoder:
             z_prev, z_src = z_hat, z
             out_idx.append(idx.reshape(stages, *shape).cpu())
             out_mode.append(mode.reshape(shape).cpu())
-        return torch.stack(out_idx).numpy(), torch.stack(out_mode).numpy()
+            out_mv.append(mv.cpu())
+        return torch.stack(out_idx).numpy(), torch.stack(out_mode).numpy(), torch.stack(out_mv).numpy()
 
     def _mode_context(self, moved: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
         """entropy.mode_contexts_a on the device: changed tokens in each 3x3 neighbourhood."""
@@ -218,11 +253,14 @@ class SegmentCoder:
         n = torch.nn.functional.conv2d(m, torch.ones(1, 1, 3, 3, device=m.device), padding=1)
         return n.round().long().reshape(-1)
 
-    def latents(self, decoded: Iterable[tuple[np.ndarray, np.ndarray | None]]) -> Iterator[torch.Tensor]:
-        """The decoder's side of decide: (indices, modes) per group -> latent grids (D, h, w)."""
+    @torch.no_grad()
+    def reconstruct(self, decoded: Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
+                    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """The decoder's side of decide: (indices, modes, vectors) per group -> (latent tokens,
+        decoded planes) per group."""
         q = self.net.quantizer
-        z_prev = None
-        for g, modes in decoded:
+        z_prev = planes = None
+        for g, modes, mv in decoded:
             S, h, w = g.shape
             idx = torch.from_numpy(g.reshape(S, -1)).to(self.device)
             if modes is None:
@@ -230,24 +268,27 @@ class SegmentCoder:
             else:
                 m = torch.from_numpy(modes.reshape(-1)).to(self.device)
                 first = S - refine_stages(S)
-                z = torch.where((m == INTRA)[:, None], q.decode(idx), z_prev)
+                z_base = self.base(z_prev, planes, torch.from_numpy(mv).to(self.device), (h, w))
+                z = torch.where((m == INTRA)[:, None], q.decode(idx), z_base)
                 refine = m == REFINE
                 z[refine] += q.decode_stages(idx[first:, refine], first)
+            planes = self.planes(z, (h, w))
             z_prev = z
-            yield z.t().reshape(-1, h, w)
+            yield z, planes
 
     def grid(self, frames: list[Frame]) -> tuple[int, int]:
         p = self.cfg.patch
         return math.ceil(frames[0].height / p), math.ceil(frames[0].width / p)
 
-    def indices(self, frames: list[Frame], quality: int) -> tuple[np.ndarray, np.ndarray]:
-        """Frames -> (indices, modes) at one quality, streamed group by group."""
+    def indices(self, frames: list[Frame], quality: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frames -> (indices, modes, vectors) at one quality, streamed group by group."""
         stages = stages_for_quality(quality, self.cfg.stages)
         return self.decide(self.analyse(frames), stages, quality, self.grid(frames))
 
-    def pack(self, idx: np.ndarray, modes: np.ndarray) -> tuple[bytes, float]:
+    def pack(self, idx: np.ndarray, modes: np.ndarray, mvs: np.ndarray) -> tuple[bytes, float]:
         """(payload bytes, ideal code length in bits under the tables)."""
-        return self.coder.encode(idx, modes).astype("<u4").tobytes(), self.coder.estimate_bits(idx, modes)
+        return (self.coder.encode(idx, modes, mvs).astype("<u4").tobytes(),
+                self.coder.estimate_bits(idx, modes, mvs))
 
     def encode(self, frames: list[Frame], quality: int) -> tuple[bytes, float]:
         return self.pack(*self.indices(frames, quality))
@@ -262,9 +303,9 @@ class SegmentCoder:
 
         def attempt(quality: int):
             if quality not in tried:
-                idx, modes = self.decide(groups, stages_for_quality(quality, self.cfg.stages), quality, shape)
-                tried[quality] = (idx, modes, self.coder.estimate_bits(idx, modes))
-            return tried[quality][2] <= budget_bits
+                chosen = self.decide(groups, stages_for_quality(quality, self.cfg.stages), quality, shape)
+                tried[quality] = (chosen, self.coder.estimate_bits(*chosen))
+            return tried[quality][1] <= budget_bits
 
         quality = start
         if attempt(quality):
@@ -274,9 +315,8 @@ class SegmentCoder:
             while quality > 1 and not attempt(quality - 1):
                 quality -= 1
             quality = max(1, quality - 1)
-        idx, modes, _ = tried[quality] if quality in tried else (*self.decide(
-            groups, stages_for_quality(quality, self.cfg.stages), quality, shape), None)
-        payload, bits = self.pack(idx, modes)
+        attempt(quality)
+        payload, bits = self.pack(*tried[quality][0])
         return quality, payload, bits
 
     def decode(self, payload: bytes, header: bs.Header, count: int, stages: int) -> list[Frame]:
@@ -288,23 +328,14 @@ class SegmentCoder:
             raise FormatError("payload is too short for the symbols the header announces")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         frames: list[Frame] = []
-        batch: list[torch.Tensor] = []
         try:
-            for z in self.latents(self.coder.decode_groups(words, groups, (stages, h, w))):
-                batch.append(z)
-                if len(batch) == self.batch:
-                    frames += self._synthesise(batch, header, count - len(frames))
-                    batch = []
+            decoded = self.coder.decode_groups(words, groups, (stages, h, w), motion.grid_shape(h, w))
+            for _, planes in self.reconstruct(decoded):
+                frames += to_frames(*(p[None] for p in planes), header.width, header.height,
+                                    min(count - len(frames), self.cfg.frames))
         except (ValueError, RuntimeError, AssertionError) as exc:
             raise FormatError(f"cannot entropy-decode payload ({exc})") from None
-        if batch:
-            frames += self._synthesise(batch, header, count - len(frames))
         return frames
-
-    def _synthesise(self, batch: list[torch.Tensor], header: bs.Header, left: int) -> list[Frame]:
-        with torch.no_grad():
-            y, u, v = (p.clamp(0.0, 1.0) for p in self.net.synthesis(torch.stack(batch)))
-        return to_frames(y, u, v, header.width, header.height, min(left, y.shape[0] * y.shape[1]))
 
 
 def _chunks(frames: Iterable[Frame], n: int) -> Iterator[list[Frame]]:
@@ -617,8 +648,8 @@ def fit_model_tables(net, paths: list[Path], *, frames: int = 32, segment_frames
                 groups = list(coder.analyse(chunk))
                 for quality in range(1, len(QUALITY_LEVELS) + 1):
                     stages = stages_for_quality(quality, net.config.stages)
-                    idx, modes = coder.decide(groups, stages, quality, coder.grid(chunk))
-                    counts = count_symbols(idx, modes, net.config.codes, counts)
+                    idx, modes, mvs = coder.decide(groups, stages, quality, coder.grid(chunk))
+                    counts = count_symbols(idx, modes, mvs, net.config.codes, counts)
         tables = fit_tables(counts)
         cm = CodecModel(net, tables, b"")
     return tables
@@ -630,7 +661,7 @@ def inspect_model(path: Path) -> dict:
     meta = dict(cm.meta)
     d = {"model": cm.fingerprint.hex(), "path": str(cm.path), "architecture": cm.config.to_dict(),
          "parameters": sum(p.numel() for p in cm.net.parameters()),
-         "tables": (f"index {list(cm.tables[0].shape)}, mode {list(cm.tables[1].shape)}" if cm.tables is not None
+         "tables": (f"index {list(cm.tables[0].shape)}, mode {list(cm.tables[1].shape)}, vector {list(cm.tables[2].shape)}" if cm.tables is not None
                     else "none (a training checkpoint)")}
     for key in ("steps", "wall_s", "device", "world", "validation", "train"):
         if key in meta:

@@ -7,9 +7,14 @@ has a *mode*:
   SKIP   (1): nothing more: the token keeps the previous group's latent;
   REFINE (2): the indices of the last R = refine_stages(S) stages, coding the change from the
               previous group's latent with the small codebooks of the last stages.
-Which mode each token takes is the encoder's choice (codec.py); the decoder only reads it.
+Each later group also carries a motion vector per block of tokens (motion.py): SKIP and REFINE
+start from the previous latent of a token whose block stands still, and from the latent of the
+motion-compensated previous frames where it moves.  Which vectors and modes the tokens take is the
+encoder's choice (codec.py); the decoder only reads them.
 
 Contexts (all discrete, all from data the decoder already has):
+  - vectors: 0 when the same block of the previous group stood still, 1 when it moved, 2 when
+    the previous group is the segment's first (it has no vectors);
   - modes, in two checkerboard passes so that both stay one call per table:
       pass A (tokens with (i + j) even): the number of tokens that changed (mode other than
       SKIP) in the 3x3 neighbourhood of the previous group's mode map (0..9), or 10 when the
@@ -23,13 +28,14 @@ A static region is skipped wholesale in contexts that predict "skip" with near c
 costs a small fraction of a bit per token.
 
 Tables are integer frequencies; every entry >= 1, every row sums to 2**PRECISION:
-  ``tables`` int32 (S, K + 2, K) for indices, ``mode_tables`` int32 (MODE_CONTEXTS, 3) for modes.
+  ``tables`` int32 (S, K + 2, K) for indices, ``mode_tables`` int32 (MODE_CONTEXTS, 3) for modes,
+  ``mv_tables`` int32 (MV_CONTEXTS, motion.VECTORS) for vectors.
 They are fitted after training (``fit_tables``) and stored in the model file, so the encoder
 and the decoder use the same integers on every device: the row ``freq / 2**16`` is exact in
 float64, and constriction quantises it deterministically.
 
-Coding order inside a group: pass-A modes grouped by context (ascending), pass-B modes
-likewise, then the indices grouped by key = stage * (K + 2) + context (ascending), raster
+Coding order inside a group: vectors grouped by context (ascending), pass-A modes grouped by
+context, pass-B modes likewise, then the indices grouped by key = stage * (K + 2) + context (ascending), raster
 order inside every group of symbols.  Each group of symbols sharing a table is one constriction
 call, never a Python loop per symbol.  All groups of a segment share one range-coder stream.
 """
@@ -39,12 +45,15 @@ import numpy as np
 import torch
 import constriction
 
+from .motion import VECTORS, ZERO
+
 PRECISION = 16
 INTRA, SKIP, REFINE = 0, 1, 2
 MODES = 3
 MODE_FIRST = 10        # pass-A context when the previous group has no modes
 MODE_B = 11            # first pass-B context
 MODE_CONTEXTS = 26
+MV_CONTEXTS = 3
 
 
 def refine_stages(stages: int) -> int:
@@ -96,25 +105,33 @@ def index_keys(ref: np.ndarray | None, modes: np.ndarray | None, shape: tuple[in
     return np.where(refined, base + codes + 1, keys)
 
 
-def _walk(groups: np.ndarray, modes: np.ndarray, codes: int):
-    """The encoder's view of a segment, group by group:
-    (index keys (S, h, w), mode keys [(places, keys)] or None in the first group, indices, modes)."""
+def mv_contexts(prev_mv: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    if prev_mv is None:
+        return np.full(shape, 2, dtype=np.int64)
+    return (prev_mv != ZERO).astype(np.int64)
+
+
+def _walk(groups: np.ndarray, modes: np.ndarray, mvs: np.ndarray, codes: int):
+    """The encoder's view of a segment, group by group: (index keys (S, h, w), [(kind, keys,
+    symbols)] of the vectors and modes (empty in the first group), indices)."""
     G, S, h, w = groups.shape
     odd = parity(h, w)
-    ref = prev_moved = None
+    ref = prev_moved = prev_mv = None
     for i, g in enumerate(groups):
         if ref is None:
-            yield index_keys(None, None, g.shape, codes), None, g, None
+            yield index_keys(None, None, g.shape, codes), [], g
             ref = g.copy()
             continue
         m = modes[i].astype(np.int64)
+        mv = mvs[i].astype(np.int64)
         moved_a = (m != SKIP) & ~odd
-        mode_keys = [(~odd, mode_contexts_a(prev_moved, h, w)[~odd]),
-                     (odd, mode_contexts_b(moved_a, prev_moved)[odd])]
-        yield index_keys(ref, m, g.shape, codes), mode_keys, g, m
+        side = [("mv", mv_contexts(prev_mv, mv.shape).reshape(-1), mv.reshape(-1)),
+                ("mode", mode_contexts_a(prev_moved, h, w)[~odd], m[~odd]),
+                ("mode", mode_contexts_b(moved_a, prev_moved)[odd], m[odd])]
+        yield index_keys(ref, m, g.shape, codes), side, g
         intra = m == INTRA
         ref[:, intra] = g[:, intra]
-        prev_moved = m != SKIP
+        prev_moved, prev_mv = m != SKIP, mv
 
 
 def _runs(keys: np.ndarray):
@@ -130,16 +147,17 @@ def _runs(keys: np.ndarray):
 
 
 class EntropyCoder:
-    def __init__(self, tables: torch.Tensor | np.ndarray, mode_tables: torch.Tensor | np.ndarray):
+    def __init__(self, tables, mode_tables, mv_tables):
         as_np = lambda t: (t.cpu().numpy() if torch.is_tensor(t) else np.asarray(t)).astype(np.int64)
-        self.tables, self.mode_tables = as_np(tables), as_np(mode_tables)
+        self.tables, self.mode_tables, self.mv_tables = as_np(tables), as_np(mode_tables), as_np(mv_tables)
         self.stages, _, self.codes = self.tables.shape
         self._rows = self.tables.reshape(-1, self.codes)
         self._models: dict[tuple[str, int], object] = {}
         self.bits = -np.log2(self.tables / float(1 << PRECISION))  # ideal code lengths
         self.mode_bits = -np.log2(self.mode_tables / float(1 << PRECISION))
+        self.mv_bits = -np.log2(self.mv_tables / float(1 << PRECISION))
         # the cheapest possible symbol: bounds how many symbols a payload of n bytes can hold
-        self.min_bits = float(min(self.bits.min(), self.mode_bits.min()))
+        self.min_bits = float(min(self.bits.min(), self.mode_bits.min(), self.mv_bits.min()))
 
     def max_symbols(self, payload_bytes: int) -> int:
         return int(8 * (payload_bytes + 8) / max(self.min_bits, 1e-6)) + 64
@@ -147,7 +165,7 @@ class EntropyCoder:
     def _model(self, kind: str, key: int):
         m = self._models.get((kind, key))
         if m is None:
-            row = self.mode_tables[key] if kind == "mode" else self._rows[key]
+            row = {"mode": self.mode_tables, "mv": self.mv_tables, "index": self._rows}[kind][key]
             m = constriction.stream.model.Categorical(row.astype(np.float64) / float(1 << PRECISION), perfect=False)
             self._models[(kind, key)] = m
         return m
@@ -168,27 +186,30 @@ class EntropyCoder:
         return out
 
     # -- segments ----------------------------------------------------------------------------
-    def encode(self, groups: np.ndarray, modes: np.ndarray) -> np.ndarray:
+    def encode(self, groups: np.ndarray, modes: np.ndarray, mvs: np.ndarray) -> np.ndarray:
         """groups (G, S, h, w) int: each token's indices (intra: all S; refine: the last R; the
-        other slots are ignored), modes (G, h, w) (the first group's ignored) -> compressed
-        words (uint32).  Contexts start afresh: a segment depends on nothing else."""
+        other slots are ignored), modes (G, h, w) and vectors (G, Hb, Wb) (the first group's
+        ignored) -> compressed words (uint32).  Contexts start afresh: a segment depends on
+        nothing else."""
         enc = constriction.stream.queue.RangeEncoder()
-        for keys, mode_keys, g, m in _walk(groups, modes, self.codes):
-            for where, mk in mode_keys or ():
-                self._code_runs(enc, "mode", mk, m[where])
+        for keys, side, g in _walk(groups, modes, mvs, self.codes):
+            for kind, k, sym in side:
+                self._code_runs(enc, kind, k, sym)
             coded = keys >= 0
             self._code_runs(enc, "index", keys[coded], g[coded])
         return enc.get_compressed()
 
-    def decode_groups(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int]):
-        """Yield (indices (S, h, w), modes (h, w) or None for the first group), group by group;
-        memory is bounded by one group whatever n_groups is."""
+    def decode_groups(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
+                      mv_shape: tuple[int, int]):
+        """Yield (indices (S, h, w), modes (h, w), vectors (Hb, Wb)) group by group, modes and
+        vectors None in the first group; memory is bounded by one group whatever n_groups is."""
         dec = constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32))
         S, h, w = shape
         odd = parity(h, w)
-        ref = prev_moved = modes = None
+        ref = prev_moved = modes = mv = None
         for _ in range(n_groups):
             if ref is not None:
+                mv = self._decode_runs(dec, "mv", mv_contexts(mv, mv_shape).reshape(-1)).reshape(mv_shape)
                 modes = np.zeros((h, w), dtype=np.int64)
                 modes[~odd] = self._decode_runs(dec, "mode", mode_contexts_a(prev_moved, h, w)[~odd])
                 moved_a = (modes != SKIP) & ~odd
@@ -203,34 +224,37 @@ class EntropyCoder:
                 intra = modes == INTRA
                 ref[:, intra] = g[:, intra]
                 prev_moved = modes != SKIP
-            yield g, modes
+            yield g, modes, mv
 
-    def estimate_bits(self, groups: np.ndarray, modes: np.ndarray) -> float:
+    def estimate_bits(self, groups: np.ndarray, modes: np.ndarray, mvs: np.ndarray) -> float:
         """Ideal code length (-log2 p) of a segment under the tables, to compare with real bytes."""
-        ci, cm = count_symbols(groups, modes, self.codes)
+        ci, cm, cv = count_symbols(groups, modes, mvs, self.codes)
         S = groups.shape[1]
-        return float((ci[:S] * self.bits[:S]).sum() + (cm * self.mode_bits).sum())
+        return float((ci[:S] * self.bits[:S]).sum() + (cm * self.mode_bits).sum() + (cv * self.mv_bits).sum())
 
 
 # -- statistics and fitting ---------------------------------------------------------------------
 def new_counts(stages: int, codes: int):
-    return np.zeros((stages, codes + 2, codes), dtype=np.int64), np.zeros((MODE_CONTEXTS, MODES), dtype=np.int64)
+    return (np.zeros((stages, codes + 2, codes), dtype=np.int64), np.zeros((MODE_CONTEXTS, MODES), dtype=np.int64),
+            np.zeros((MV_CONTEXTS, VECTORS), dtype=np.int64))
 
 
-def count_symbols(groups: np.ndarray, modes: np.ndarray, codes: int, counts=None):
-    """Accumulate (index counts (S', K+2, K), mode counts (MODE_CONTEXTS, 3)) over one segment,
-    in exactly the contexts the coder uses; S' >= the segment's stages when `counts` is given."""
+def count_symbols(groups: np.ndarray, modes: np.ndarray, mvs: np.ndarray, codes: int, counts=None):
+    """Accumulate (index counts (S', K+2, K), mode counts (MODE_CONTEXTS, 3), vector counts
+    (MV_CONTEXTS, VECTORS)) over one segment, in exactly the contexts the coder uses; S' >= the
+    segment's stages when `counts` is given."""
     G, S, h, w = groups.shape
     if counts is None:
         counts = new_counts(S, codes)
-    ci, cm = counts
+    ci, cm, cv = counts
     rows = codes + 2
-    for keys, mode_keys, g, m in _walk(groups, modes, codes):
-        for where, mk in mode_keys or ():
-            cm += np.bincount(mk * MODES + m[where], minlength=MODE_CONTEXTS * MODES).reshape(cm.shape)
+    for keys, side, g in _walk(groups, modes, mvs, codes):
+        for kind, k, sym in side:
+            c = cm if kind == "mode" else cv
+            c += np.bincount(k * c.shape[1] + sym, minlength=c.size).reshape(c.shape)
         coded = keys >= 0
         ci[:S] += np.bincount(keys[coded] * codes + g[coded], minlength=S * rows * codes).reshape(S, rows, codes)
-    return ci, cm
+    return ci, cm, cv
 
 
 def quantise_rows(p: np.ndarray, precision: int = PRECISION) -> np.ndarray:
@@ -244,14 +268,14 @@ def quantise_rows(p: np.ndarray, precision: int = PRECISION) -> np.ndarray:
     return f
 
 
-def fit_tables(counts, prior: float = 16.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index counts, mode counts) -> int32 (tables, mode_tables): each index row shrunk toward
-    its stage's marginal, each mode row toward uniform."""
-    ci, cm = counts
+def fit_tables(counts, prior: float = 16.0) -> tuple[torch.Tensor, ...]:
+    """(index, mode, vector counts) -> int32 (tables, mode_tables, mv_tables): each index row
+    shrunk toward its stage's marginal, mode and vector rows toward uniform."""
+    ci, cm, cv = counts
     marg = ci.sum(1, keepdims=True).astype(np.float64) + 1.0
     marg /= marg.sum(-1, keepdims=True)
     n = ci.sum(-1, keepdims=True)
     p = (ci + prior * marg) / (n + prior)
-    pm = (cm + 0.5) / (cm.sum(-1, keepdims=True) + 0.5 * MODES)
-    return (torch.from_numpy(quantise_rows(p).astype(np.int32)),
-            torch.from_numpy(quantise_rows(pm).astype(np.int32)))
+    rows = lambda c: torch.from_numpy(quantise_rows((c + 0.5) / (c.sum(-1, keepdims=True) + 0.5 * c.shape[-1]))
+                                      .astype(np.int32))
+    return torch.from_numpy(quantise_rows(p).astype(np.int32)), rows(cm), rows(cv)

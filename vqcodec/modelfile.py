@@ -5,12 +5,13 @@ Layout of the dict saved with torch.save (loaded with weights_only=True):
   config: ModelConfig as a dict (the file rebuilds its own network),
   state_dict: the network's weights and codebooks,
   tables: int32 tensor (stages, codes + 2, codes) of index frequencies, and
-  mode_tables: int32 tensor (mode contexts, 3) of token-mode frequencies (see entropy.py);
+  mode_tables: int32 tensor (mode contexts, 3) of token-mode frequencies, and
+  mv_tables: int32 tensor (vector contexts, vectors) of motion-vector frequencies (see entropy.py);
           both absent in a training checkpoint,
   meta: free-form training facts (data, steps, hardware) for humans.
 The fingerprint is the first 16 bytes of SHA-256 over the config, every tensor (sorted by
 name, little-endian bytes) and the tables; a .vqv file records it and decode checks it.
-Version 2 added the mode tables; version-1 files (vqcodec 0.1) still load as training starting
+Version 2 added the mode and vector tables; version-1 files (vqcodec 0.1) still load as training starting
 points (--init), not as codec models.
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ from .model import ModelConfig, VQVAE
 
 FORMAT = "vqcodec-model"
 VERSION = 2
-Tables = tuple  # (index tables, mode tables), int32 tensors
+Tables = tuple  # (index, mode, vector tables), int32 tensors
+TABLE_NAMES = ("tables", "mode_tables", "mv_tables")
 DEFAULT_NAME = "default.pt"
 
 
@@ -76,8 +78,7 @@ def save_model(path: Path, net: VQVAE, tables: Tables | None, meta: dict | None 
     payload = {"format": FORMAT, "version": VERSION, "config": config, "state_dict": state,
                "meta": meta or {}, "fingerprint": fp.hex()}
     if tables is not None:
-        payload["tables"] = tables[0].cpu().to(torch.int32)
-        payload["mode_tables"] = tables[1].cpu().to(torch.int32)
+        payload.update({name: t.cpu().to(torch.int32) for name, t in zip(TABLE_NAMES, tables)})
     payload.update(extra or {})
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -102,7 +103,7 @@ def load_model(path: Path | None = None, device: str = "cpu", need_tables: bool 
     net = VQVAE(config)
     net.load_state_dict(raw["state_dict"])
     net.eval().to(device)
-    tables = (raw["tables"], raw["mode_tables"]) if "mode_tables" in raw else None
+    tables = tuple(raw[name] for name in TABLE_NAMES) if all(name in raw for name in TABLE_NAMES) else None
     if need_tables and raw.get("version", 0) < VERSION:
         raise VqvError(f"{path}: a model file of vqcodec 0.1 (format {raw.get('version')}); its entropy tables "
                        "predate the token modes: train from it with --init, or refit its tables")

@@ -166,7 +166,7 @@ class TrainOptions:
     val_every: int = 500
     log_every: int = 10
     minutes: float | None = None       # stop (after a checkpoint) once this much time has passed
-    table_frames: int = 64             # frames per clip used to fit the entropy tables
+    table_frames: int = 32             # frames per clip used to fit the entropy tables
     compile: bool | None = None        # torch.compile the conv stacks; None: on CUDA
 
 
