@@ -2,7 +2,7 @@
 """Reproduce the shipped default model with `vqcodec train`, from public data, resumably.
 
     python scripts/train_default.py --minutes 40      # run again to continue where it stopped
-    python scripts/train_default.py --tables-only     # refit the entropy tables of models/default.pt
+    python scripts/train_default.py --tables-only     # refit the entropy tables from the last checkpoint
 
 Data (assembled under runs/default-data, never committed):
   - the sample clips in ../shared/clips, from frame 64 on (the benchmark measures their first
@@ -64,7 +64,7 @@ def main() -> int:
         if not (val / name).exists():
             (val / name).symlink_to((args.clips / "more" / name).resolve())
     if args.tables_only:
-        return refit(args.out, data)
+        return refit(args.work / "default.ckpt", args.out, data)
     ckpt = args.work / "default.ckpt"
     cmd = ["train", str(data), "-o", str(args.work / "default.pt"), "--checkpoint", str(ckpt), "-y",
            "--steps", str(args.steps), "--val", str(val)]
@@ -83,17 +83,27 @@ def main() -> int:
     return code
 
 
-def refit(path: Path, data: Path) -> int:
-    """Refit the entropy tables of a finished model (after a change to the context model)."""
+def refit(ckpt: Path, out: Path, data: Path) -> int:
+    """Fit the entropy tables of a checkpoint's network anew and write the model (after a change
+    to the context model, or to finish a run whose own fitting was interrupted)."""
+    import time
+
+    import torch
     from vqcodec.codec import fit_model_tables
     from vqcodec.modelfile import load_model, save_model
     from vqcodec.train import TrainOptions, find_clips
 
-    cm = load_model(path, need_tables=False)
-    frames = cm.meta.get("train", {}).get("table_frames", TrainOptions.table_frames)
+    t0 = time.time()
+    raw = torch.load(ckpt, map_location="cpu", weights_only=True)
+    cm = load_model(ckpt, need_tables=False)
+    frames = raw.get("train", {}).get("table_frames", TrainOptions.table_frames)
     tables = fit_model_tables(cm.net, [Path(s.path) for s in find_clips(data)], frames=frames)
-    fp = save_model(path, cm.net, tables, cm.meta)
-    print(f"refitted the tables of {path}: model {fp.hex()}")
+    meta = {**cm.meta, "steps": raw["step"], "train": raw.get("train"), "wall_s": round(raw.get("wall_s", 0)),
+            "tables_s": round(time.time() - t0),
+            "validation": (raw.get("history") or [{}])[-1].get("val", {})}
+    meta["validation"] = {str(k): v for k, v in meta["validation"].items()}
+    fp = save_model(out, cm.net, tables, meta)
+    print(f"wrote {out}: model {fp.hex()}, tables fitted in {time.time() - t0:.0f} s")
     return 0
 
 

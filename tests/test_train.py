@@ -135,3 +135,19 @@ def test_bad_training_input_is_one_line(tmp_path, clips, capsys, args, message):
     assert code != 0 and message in err, err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_trains_the_same_command_on_two_processes(tmp_path, clips):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "vqcodec", "train", str(clips), "-o", str(tmp_path / "m.pt"), "--steps", "6", "--batch", "2",
+           "--crop", "32x32", "--stages", "3", "--hidden", "16", "--device", "cpu"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "trained 6 steps" in p.stdout and "rank 1: 6 steps done" in p.stdout
+    model = load_model(tmp_path / "m.pt")
+    assert model.meta["world"] == 2 and model.config.stages == 3

@@ -35,22 +35,20 @@ def grid_shape(h_tokens: int, w_tokens: int) -> tuple[int, int]:
 
 def search(src: torch.Tensor, ref: torch.Tensor, patch: int) -> torch.Tensor:
     """Best vector symbol per block: src, ref luma (T, H, W) in [0, 1] (H, W multiples of patch)
-    -> (Hb, Wb) long.  Exhaustive over the VECTORS candidates, at half resolution."""
-    s = F.avg_pool2d(src[None], 2)[0]
-    r = F.avg_pool2d(ref[None], 2)[0]
-    T, h, w = s.shape
-    pad = RANGE * STEP // 2
-    rp = F.pad(r[None], (pad, pad, pad, pad), mode="replicate")[0]
+    -> (Hb, Wb) long.  Exhaustive over the VECTORS candidates, on the groups' first frames at
+    half resolution (one vector serves the whole group)."""
     half = BLOCK * patch // 2  # block side at half resolution
+    s = F.avg_pool2d(src[:1][None], 2)[0, 0]
+    r = F.avg_pool2d(ref[:1][None], 2)[0, 0]
+    h, w = s.shape
     hb, wb = -(-h // half), -(-w // half)
-    costs = []
-    for sym in range(VECTORS):
-        dy, dx = (sym // SIDE - RANGE) * STEP // 2, (sym % SIDE - RANGE) * STEP // 2
-        shifted = rp[:, pad + dy:pad + dy + h, pad + dx:pad + dx + w]
-        diff = (s - shifted).abs().sum(0)
-        diff = F.pad(diff, (0, wb * half - w, 0, hb * half - h))
-        costs.append(F.avg_pool2d(diff[None, None], half)[0, 0])
-    costs = torch.stack(costs)
+    s = F.pad(s[None, None], (0, wb * half - w, 0, hb * half - h), mode="replicate")[0, 0]
+    pad = RANGE * STEP // 2
+    rp = F.pad(r[None, None], (pad, pad + wb * half - w, pad, pad + hb * half - h), mode="replicate")[0, 0]
+    H, W = s.shape
+    offsets = [((k // SIDE - RANGE) * STEP // 2 + pad, (k % SIDE - RANGE) * STEP // 2 + pad) for k in range(VECTORS)]
+    shifted = torch.stack([rp[dy:dy + H, dx:dx + W] for dy, dx in offsets])
+    costs = F.avg_pool2d(shifted.sub_(s).abs_()[:, None], half)[:, 0]
     costs[ZERO] *= STILL_BIAS
     return costs.argmin(0)
 

@@ -12,10 +12,6 @@ import torch.distributed as dist
 from torch import nn
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 class ResidualVQ(nn.Module):
     """``stages`` codebooks of ``codes`` vectors of size ``dim``; stage k codes the residual of stages < k."""
 
@@ -27,6 +23,9 @@ class ResidualVQ(nn.Module):
         self.register_buffer("ema_count", torch.ones(stages, codes))
         self.register_buffer("ema_sum", self.codebooks.clone())
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        # Distributed training: a process group of its own (DistributedDataParallel's collectives
+        # run on the default one) over which every rank shares its codebook statistics.
+        self.sync_group = None
 
     # -- search -----------------------------------------------------------------------
     @staticmethod
@@ -107,7 +106,8 @@ class ResidualVQ(nn.Module):
         if stages is None:
             stages = self.stages
         depth = stages if torch.is_tensor(stages) else torch.full((n,), int(stages), device=z.device)
-        max_depth = int(depth.max())
+        # training: every vector trains every codebook (the same updates on every rank); depth masks the output
+        max_depth = self.stages if self.training else int(depth.max())
         residual = z.detach().float()
         zq = torch.zeros_like(residual)
         indices = torch.zeros(max_depth, n, dtype=torch.long, device=z.device)
@@ -128,9 +128,9 @@ class ResidualVQ(nn.Module):
     def _ema_update(self, k: int, x: torch.Tensor, idx: torch.Tensor) -> None:
         onehot_count = torch.bincount(idx, minlength=self.codes).float()
         sums = torch.zeros(self.codes, self.dim, device=x.device).index_add_(0, idx, x)
-        if _distributed():  # every rank sees the statistics of the whole global batch
-            dist.all_reduce(onehot_count)
-            dist.all_reduce(sums)
+        if self.sync_group is not None:  # every rank sees the statistics of the whole global batch
+            dist.all_reduce(onehot_count, group=self.sync_group)
+            dist.all_reduce(sums, group=self.sync_group)
         self.ema_count[k].mul_(self.decay).add_(onehot_count, alpha=1 - self.decay)
         self.ema_sum[k].mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.ema_count[k].sum()
@@ -141,8 +141,8 @@ class ResidualVQ(nn.Module):
         n_dead = int(dead.sum())
         if n_dead:
             pick = x[torch.randint(len(x), (n_dead,), device=x.device)]
-            if _distributed():  # the same restarts on every rank: rank 0's picks
-                dist.broadcast(pick, 0)
+            if self.sync_group is not None:  # the same restarts on every rank: rank 0's picks
+                dist.broadcast(pick, 0, group=self.sync_group)
             self.codebooks[k][dead] = pick
             self.ema_sum[k][dead] = pick
             self.ema_count[k][dead] = total / self.codes

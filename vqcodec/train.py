@@ -179,8 +179,11 @@ class TrainResult:
     fingerprint: str = ""
     validation: dict = field(default_factory=dict)
     seconds: float = 0.0
+    rank: int = 0
 
     def summary(self) -> str:
+        if self.rank:
+            return f"rank {self.rank}: {self.step} steps done"
         if not self.finished:
             return (f"stopped at step {self.step} (time limit); checkpoint {self.checkpoint}: "
                     f"continue with --resume {self.checkpoint}")
@@ -402,6 +405,9 @@ def train_model(clips_dir: Path, out: Path, *, options: TrainOptions = TrainOpti
         net.decoder.compile()
     model = net
     if world > 1:
+        q.sync_group = dist.new_group()
+        for buf in q.buffers():  # every rank starts from rank 0's codebooks (DDP syncs parameters only)
+            dist.broadcast(buf, 0, group=q.sync_group)
         model = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[torch.cuda.current_device()] if cuda else None, broadcast_buffers=False)
     lead = rank == 0
@@ -467,7 +473,7 @@ def train_model(clips_dir: Path, out: Path, *, options: TrainOptions = TrainOpti
         save_checkpoint(step)
     elif step > start or ck is not None:
         save_checkpoint(step)
-    result = TrainResult(step, finished, checkpoint, validation=validation)
+    result = TrainResult(step, finished, checkpoint, validation=validation, rank=rank)
     if finished and lead:
         net.eval()
         if val and not validation:
