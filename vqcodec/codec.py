@@ -131,7 +131,7 @@ def to_frames(y, u, v, width: int, height: int, count: int) -> list[Frame]:
 # quality and flat at high, following the slope of the rate-distortion curve.  Distortion is the
 # squared error of the latent, which the near-identity decoder carries to the pixels.  Every
 # choice is made against the previous group's *reconstructed* latent, as the decoder has it.
-MODE_LAMBDA = (0.15, 0.12, 0.09, 0.07, 0.05, 0.04, 0.025, 0.015)
+MODE_LAMBDA = (0.15, 0.12, 0.09, 0.07, 0.05, 0.04, 0.025, 0.008)
 # A token whose source moved less than STILL x its own quantisation error since the previous group
 # is kept (SKIP) whatever refining it would buy: temporal noise below the quality's own noise is
 # not worth coding, and a static scene costs next to nothing after its first group.  Measured: at

@@ -412,7 +412,7 @@ def train_model(clips_dir: Path, out: Path, *, options: TrainOptions = TrainOpti
             net, device_ids=[torch.cuda.current_device()] if cuda else None, broadcast_buffers=False)
     lead = rank == 0
     history = list(ck.get("history", [])) if ck is not None else []
-    meta = {"data": [s.path for s in sources], "device": torch.cuda.get_device_name(device) if cuda else
+    meta = {"data": [str(Path(s.path).relative_to(clips_dir)) for s in sources], "device": torch.cuda.get_device_name(device) if cuda else
             (platform.processor() or platform.machine()), "world": world, "threads": torch.get_num_threads()}
     wall = float(ck.get("wall_s", 0.0)) if ck is not None else 0.0
     run_start = time.time()
