@@ -26,7 +26,7 @@ from . import motion
 from .entropy import INTRA, MODE_FIRST, REFINE, SKIP, EntropyCoder, refine_stages
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
-from .video import Frame, PngWriter, VideoWriter, output_kind, probe, read_frames
+from .video import Frame, PngWriter, VideoWriter, centre_crop, output_kind, probe, read_frames
 
 QUALITY_LEVELS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)  # fraction of the VQ depth per quality
 DEFAULT_QUALITY = 4
@@ -620,14 +620,6 @@ def inspect(src: Path) -> dict:
 FIT_SIDE = (368, 640)  # table fitting looks at centre crops of at most this size (statistics, not pictures)
 
 
-def _centre(frame: Frame, h: int, w: int) -> Frame:
-    if frame.height <= h and frame.width <= w:
-        return frame
-    i, j = max(0, (frame.height - h) // 4 * 2), max(0, (frame.width - w) // 4 * 2)
-    return Frame(frame.y[i:i + h, j:j + w], frame.u[i // 2:(i + h) // 2, j // 2:(j + w) // 2],
-                 frame.v[i // 2:(i + h) // 2, j // 2:(j + w) // 2])
-
-
 def fit_model_tables(net, paths: list[Path], *, frames: int = 32, segment_frames: int = DEFAULT_SEGMENT_FRAMES,
                      device: str = "cpu", rounds: int = 2):
     """Freeze the context model of a trained network.  The first `frames` frames of each clip
@@ -637,7 +629,7 @@ def fit_model_tables(net, paths: list[Path], *, frames: int = 32, segment_frames
     the previous round's tables lead to.  Returns the tables (index, mode)."""
     from .entropy import count_symbols, fit_tables, new_counts
 
-    clips = [[_centre(f, *FIT_SIDE) for f in read_frames(Path(p), limit=frames)] for p in paths]
+    clips = [[centre_crop(f, *FIT_SIDE) for f in read_frames(Path(p), limit=frames)] for p in paths]
     cm = CodecModel(net, None, b"")
     tables = None
     for _ in range(rounds):

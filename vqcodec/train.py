@@ -40,7 +40,7 @@ from .errors import InputError, VqvError
 from .metrics import ms_ssim_tensor
 from .model import ModelConfig, VQVAE
 from .modelfile import load_model, save_model
-from .video import Frame, count_frames, probe, read_frames, read_window
+from .video import Frame, centre_crop, count_frames, probe, read_frames, read_window
 
 WINDOWS = 4         # decoded windows each data worker keeps
 WINDOW_FRAMES = 16  # consecutive frames per window
@@ -251,7 +251,8 @@ def psnr(mse: float) -> float:
 
 
 def load_validation(folder: Path, patch: int, group: int) -> list[tuple[torch.Tensor, ...]]:
-    """The first VAL_FRAMES frames of each clip under `folder`, centre-cropped, as planes."""
+    """The first VAL_FRAMES frames of each clip under `folder`, centre-cropped to a multiple of
+    the patch, as planes (groups, group, H, W) and (.., H/2, W/2)."""
     out = []
     for src in find_clips(folder):
         frames = list(read_frames(Path(src.path), limit=VAL_FRAMES))
@@ -260,10 +261,9 @@ def load_validation(folder: Path, patch: int, group: int) -> list[tuple[torch.Te
         w = min(VAL_SIDE, frames[0].width // patch * patch)
         if h < patch or w < patch:
             continue
-        i0, j0 = (frames[0].height - h) // 4 * 2, (frames[0].width - w) // 4 * 2
-        stack = lambda c, s: torch.from_numpy(np.stack(
-            [_even(f)[c][i0 // s:(i0 + h) // s, j0 // s:(j0 + w) // s] for f in frames])).float().div_(255)
-        out.append(tuple(stack(c, s).reshape(-1, group, *stack(c, s).shape[1:]) for c, s in ((0, 1), (1, 2), (2, 2))))
+        crops = [centre_crop(f, h, w) for f in frames]
+        planes = (np.stack([getattr(f, c) for f in crops]) for c in "yuv")
+        out.append(tuple(torch.from_numpy(p).float().div_(255).reshape(-1, group, *p.shape[1:]) for p in planes))
     return out
 
 

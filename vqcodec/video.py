@@ -44,6 +44,16 @@ class VideoInfo:
     frames: int  # as the container states it; 0 when unknown
 
 
+def centre_crop(frame: Frame, height: int, width: int) -> Frame:
+    """The centre of a frame, at most height x width, cut on even luma lines and columns."""
+    if frame.height <= height and frame.width <= width:
+        return frame
+    h, w = min(height, frame.height), min(width, frame.width)
+    i, j = (frame.height - h) // 4 * 2, (frame.width - w) // 4 * 2
+    return Frame(frame.y[i:i + h, j:j + w], frame.u[i // 2:(i + h + 1) // 2, j // 2:(j + w + 1) // 2],
+                 frame.v[i // 2:(i + h + 1) // 2, j // 2:(j + w + 1) // 2])
+
+
 def _plane(plane) -> np.ndarray:
     buf = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
     return buf[:, : plane.width].copy()
