@@ -151,3 +151,15 @@ def test_torchrun_trains_the_same_command_on_two_processes(tmp_path, clips):
     assert "trained 6 steps" in p.stdout and "rank 1: 6 steps done" in p.stdout
     model = load_model(tmp_path / "m.pt")
     assert model.meta["world"] == 2 and model.config.stages == 3
+
+
+def test_the_optional_ms_ssim_term_changes_the_loss_not_the_pipeline(tmp_path, clips):
+    logs_mse, logs_ssim = [], []
+    train_model(clips, tmp_path / "a.pt", options=options(steps=5, log_every=5), config=SMALL, device="cpu",
+                log=logs_mse.append)
+    train_model(clips, tmp_path / "b.pt", options=options(steps=5, log_every=5, ms_ssim=0.5), config=SMALL,
+                device="cpu", log=logs_ssim.append)
+    mse = [r for r in logs_mse if "loss" in r][-1]
+    ssim = [r for r in logs_ssim if "loss" in r][-1]
+    assert ssim["loss"] > mse["loss"]  # 0.5 * (1 - MS-SSIM) is added to the same reconstruction loss
+    assert load_model(tmp_path / "b.pt").meta["train"]["ms_ssim"] == 0.5

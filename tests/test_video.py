@@ -49,3 +49,22 @@ def test_not_a_video_is_one_clear_error(tmp_path):
     p.write_text("hello")
     with pytest.raises(InputError, match="not a video"):
         list(read_frames(p))
+
+
+def test_centre_crop_cuts_on_even_lines_and_keeps_small_frames(carphone_frames):
+    from vqcodec.video import centre_crop
+    f = carphone_frames[0]
+    c = centre_crop(f, 64, 100)
+    assert (c.height, c.width) == (64, 100) and c.u.shape == (32, 50)
+    i, j = (144 - 64) // 4 * 2, (176 - 100) // 4 * 2
+    assert np.array_equal(c.y, f.y[i:i + 64, j:j + 100]) and np.array_equal(c.u, f.u[i // 2:i // 2 + 32, j // 2:j // 2 + 50])
+    assert centre_crop(f, 200, 200) is f
+
+
+def test_read_window_seeks_to_the_same_frames_as_decoding_from_the_start(carphone, tmp_path):
+    from vqcodec.video import count_frames, read_window
+    ref = list(read_frames(carphone, start=5, limit=4))
+    got = read_window(carphone, 5, 4)
+    assert len(got) == 4 and all(np.array_equal(a.y, b.y) for a, b in zip(ref, got))
+    assert count_frames(carphone) == 12
+    assert len(read_window(carphone, 10, 8)) == 2  # the clip ends first
