@@ -87,13 +87,14 @@ def train(clips: Path = typer.Argument(..., help="folder of clips (searched recu
           val_every: int = typer.Option(500, "--val-every", help="steps between validations"),
           minutes: Optional[float] = typer.Option(None, "--minutes", help="stop after this long (checkpoint, resume later)"),
           workers: int = typer.Option(-1, "--workers", help="data-loading processes (-1: none on CPU, up to 8 on CUDA)"),
+          compile_: bool = typer.Option(False, "--compile", help="torch.compile the conv stacks (experimental)"),
           device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
     """Fit a model on a folder of clips: network, codebooks, then the entropy tables."""
     from .console import train_display
     from .train import train_model, parse_training
 
     options, config = parse_training(crop=crop, steps=steps, batch=batch, frames=frames, lr=lr, ms_ssim=ms_ssim,
-                                     seed=seed, val_every=val_every, minutes=minutes, workers=workers,
+                                     seed=seed, val_every=val_every, minutes=minutes, workers=workers, compile=compile_,
                                      stages=stages, hidden=hidden, init=init)
     with train_display(steps) as show:
         result = train_model(clips, output, options=options, config=config, init=init, resume=resume,

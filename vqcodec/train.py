@@ -12,7 +12,7 @@ Optimisation.  Loss = PSNR-YUV-weighted MSE (6:1:1 over Y, U, V) + beta * commit
 (+ an optional MS-SSIM term, off by default).  Codebooks follow the encoder by exponential
 moving averages with dead-code restarts (quantizer.py); every temporal group of a batch gets a
 random VQ depth (quantizer dropout), so one model serves every quality.  On CUDA the network
-runs in bf16 autocast (the VQ search stays float32) and its conv stacks are compiled; under
+runs in bf16 autocast (the VQ search stays float32; --compile compiles its conv stacks); under
 ``torchrun`` the same command trains with DistributedDataParallel, codebook statistics
 all-reduced across ranks.
 
@@ -167,7 +167,9 @@ class TrainOptions:
     log_every: int = 10
     minutes: float | None = None       # stop (after a checkpoint) once this much time has passed
     table_frames: int = 32             # frames per clip used to fit the entropy tables
-    compile: bool | None = None        # torch.compile the conv stacks; None: on CUDA
+    # torch.compile the conv stacks.  Off by default: PyTorch 2.13's compiler fails on the backward
+    # of the replicate-padded convs in channels-last (seen on the CPU; the CUDA path is untested)
+    compile: bool = False
 
 
 @dataclass
@@ -399,8 +401,7 @@ def train_model(clips_dir: Path, out: Path, *, options: TrainOptions = TrainOpti
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
         _set_rng_state(ck["rng"], device)
-    compile_ = opts.compile if opts.compile is not None else cuda
-    if compile_:
+    if opts.compile:
         net.encoder.compile()
         net.decoder.compile()
     model = net
