@@ -405,7 +405,7 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path, *, quality:
     device = resolve_device(device)
     if bitrate is not None and not 1 <= bitrate <= 10_000_000:
         raise VqvError(f"--bitrate must be from 1 to 10000000 kbit/s, got {bitrate:g}")
-    stages = stages_for_quality(quality, 1)  # checks the quality
+    stages_for_quality(quality, 1)  # a bad --quality fails before the model loads
     cm = model if isinstance(model, CodecModel) else load_model(model, device)
     stages = cm.config.stages if bitrate is not None else stages_for_quality(quality, cm.config.stages)
     T = cm.config.frames
