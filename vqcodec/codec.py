@@ -212,17 +212,19 @@ class SegmentCoder:
             if z_prev is not None:
                 recon = self.planes(z_prev, shape)
                 mv = motion.search(planes[0], recon[0], self.cfg.patch)
-                if bool((mv != motion.ZERO).any()):  # keep a vector only where it predicts the latent better
-                    gain = motion.block_sums(((z - self.base(z_prev, recon, mv, shape)) ** 2).sum(1), shape)
-                    loss = motion.block_sums(((z - z_prev) ** 2).sum(1), shape)
-                    mv = torch.where(gain < MC_GAIN * loss, mv, still)
                 z_base = self.base(z_prev, recon, mv, shape)
+                if bool((mv != motion.ZERO).any()):  # keep a vector only where it predicts the latent better
+                    moved_err = motion.block_sums(((z - z_base) ** 2).sum(1), shape)
+                    still_err = motion.block_sums(((z - z_prev) ** 2).sum(1), shape)
+                    kept = torch.where(moved_err < MC_GAIN * still_err, mv, still)
+                    if not torch.equal(kept, mv):  # the encoder network sees across blocks: predict again
+                        mv, z_base = kept, self.base(z_prev, recon, kept, shape)
                 d_intra = ((z - z_hat) ** 2).sum(1)
                 lam = MODE_LAMBDA[quality - 1] * d_intra.mean()
                 cost_intra = d_intra + lam * self._rate(idx, 0, ref)
                 cost_skip = ((z - z_base) ** 2).sum(1)
-                r_idx = q.refine(z - z_base, first, stages)
-                z_ref = z_base + q.decode_stages(r_idx, first)
+                r_idx = q.encode(z - z_base, stages, first)
+                z_ref = z_base + q.decode(r_idx, first)
                 cost_ref = ((z - z_ref) ** 2).sum(1) + lam * self._rate(r_idx, first, K + 1)
                 costs = torch.stack([cost_intra, cost_skip, cost_ref])
                 if self._mode_bits is not None:  # the modes' own bits, in their pass-A contexts
@@ -271,7 +273,7 @@ class SegmentCoder:
                 z_base = self.base(z_prev, planes, torch.from_numpy(mv).to(self.device), (h, w))
                 z = torch.where((m == INTRA)[:, None], q.decode(idx), z_base)
                 refine = m == REFINE
-                z[refine] += q.decode_stages(idx[first:, refine], first)
+                z[refine] += q.decode(idx[first:, refine], first)
             planes = self.planes(z, (h, w))
             z_prev = z
             yield z, planes
@@ -429,11 +431,10 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path, *, quality:
                 payload, bits = coder.encode(chunk, quality)
             else:
                 share = bitrate * 1000 * len(chunk) / float(fps)
-                overhead = 8 * (bs.SEGMENT_HEADER_SIZE + (bs.HEADER_SIZE if index == 0 else 0) + 4)
-                seg_quality, payload, bits = coder.encode_for_budget(chunk, share + carry - overhead,
+                budget = share + carry - 8 * (bs.SEGMENT_HEADER_SIZE + (bs.HEADER_SIZE if index == 0 else 0))
+                seg_quality, payload, bits = coder.encode_for_budget(chunk, budget,
                                                                      qualities[-1] if qualities else quality)
-                carry = max(-share, min(share, share + carry - 8 * (len(payload) + bs.SEGMENT_HEADER_SIZE)
-                                        - (8 * bs.HEADER_SIZE if index == 0 else 0)))
+                carry = max(-share, min(share, budget - 8 * len(payload)))  # saved (+) or overspent (-)
             qualities.append(seg_quality)
             est_bits += bits
             out.write(bs.Segment(index, total, len(chunk), payload, seg_quality,

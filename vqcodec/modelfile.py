@@ -7,7 +7,7 @@ Layout of the dict saved with torch.save (loaded with weights_only=True):
   tables: int32 tensor (stages, codes + 2, codes) of index frequencies, and
   mode_tables: int32 tensor (mode contexts, 3) of token-mode frequencies, and
   mv_tables: int32 tensor (vector contexts, vectors) of motion-vector frequencies (see entropy.py);
-          both absent in a training checkpoint,
+          all three absent in a training checkpoint,
   meta: free-form training facts (data, steps, hardware) for humans.
 The fingerprint is the first 16 bytes of SHA-256 over the config, every tensor (sorted by
 name, little-endian bytes) and the tables; a .vqv file records it and decode checks it.
@@ -106,7 +106,7 @@ def load_model(path: Path | None = None, device: str = "cpu", need_tables: bool 
     tables = tuple(raw[name] for name in TABLE_NAMES) if all(name in raw for name in TABLE_NAMES) else None
     if need_tables and raw.get("version", 0) < VERSION:
         raise VqvError(f"{path}: a model file of vqcodec 0.1 (format {raw.get('version')}); its entropy tables "
-                       "predate the token modes: train from it with --init, or refit its tables")
+                       "predate the token modes: start a training from it with --init")
     if need_tables and tables is None:
         raise VqvError(f"{path}: a training checkpoint without entropy tables; finalise it first "
                        "(vqcodec train writes finished models)")

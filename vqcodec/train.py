@@ -470,9 +470,7 @@ def train_model(clips_dir: Path, out: Path, *, options: TrainOptions = TrainOpti
             save_checkpoint(done)
     else:
         step = opts.steps
-    if not finished:
-        save_checkpoint(step)
-    elif step > start or ck is not None:
+    if not finished or step > start or ck is not None:
         save_checkpoint(step)
     result = TrainResult(step, finished, checkpoint, validation=validation, rank=rank)
     if finished and lead:
