@@ -60,11 +60,12 @@ def parse_range(s: str) -> list[int]:
 
 
 def entropy_throughput(vqv: Path) -> dict:
-    """Symbols/s of the range coder alone, on the real symbols (vectors, modes, indices) of one file."""
+    """Symbols/s of the range coder alone, on the real symbols (vectors, modes, indices,
+    coefficients) of one file."""
     from vqcodec import bitstream as bs
     from vqcodec import motion
     from vqcodec.codec import SegmentCoder
-    from vqcodec.entropy import count_symbols
+    from vqcodec.entropy import Symbols, count_symbols
     from vqcodec.modelfile import load_model
     import math
 
@@ -75,19 +76,20 @@ def entropy_throughput(vqv: Path) -> dict:
     segs = [s for s in bs.read_segments(data, header)]
     t0 = time.perf_counter()
     decoded = [list(coder.decode_groups(np.frombuffer(s.payload, "<u4"), math.ceil(s.frames / header.group_frames),
-                                        (s.stages, h, w), motion.grid_shape(h, w))) for s in segs]
+                                        (s.stages, h, w), motion.grid_shape(h, w), s.quality)) for s in segs]
     t_dec = time.perf_counter() - t0
     arrays = []
-    for groups in decoded:
-        idx = np.stack([g for g, _, _ in groups])
-        modes = np.stack([m if m is not None else np.zeros((h, w), np.int64) for _, m, _ in groups])
-        mvs = np.stack([v if v is not None else np.full(motion.grid_shape(h, w), motion.ZERO) for _, _, v in groups])
-        arrays.append((idx, modes, mvs))
+    for s, groups in zip(segs, decoded):
+        idx = np.stack([g for g, _, _, _ in groups])
+        modes = np.stack([m if m is not None else np.zeros((h, w), np.int64) for _, m, _, _ in groups])
+        mvs = np.stack([v if v is not None else np.full(motion.grid_shape(h, w), motion.ZERO)
+                        for _, _, v, _ in groups])
+        arrays.append(Symbols(idx, modes, mvs, np.stack([c for _, _, _, c in groups]), s.quality))
     t0 = time.perf_counter()
     for a in arrays:
-        coder.encode(*a)
+        coder.encode(a)
     t_enc = time.perf_counter() - t0
-    n = sum(int(sum(c.sum() for c in count_symbols(*a, coder.codes))) for a in arrays)
+    n = sum(int(sum(c.sum() for c in count_symbols(a, coder.codes, qualities=coder.qualities))) for a in arrays)
     return {"symbols": n, "encode_msym_s": n / t_enc / 1e6, "decode_msym_s": n / t_dec / 1e6}
 
 

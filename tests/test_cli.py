@@ -181,7 +181,7 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path, carphone, capsys, monkeypatch
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(codec.SegmentCoder, "indices", interrupt)  # simulated Ctrl-C mid-encode
+    monkeypatch.setattr(codec.SegmentCoder, "symbols", interrupt)  # simulated Ctrl-C mid-encode
     code, _, err = run(capsys, "encode", carphone, "-o", tmp_path / "o.vqv")
     assert code == 130 and "interrupted" in err
     assert list(tmp_path.iterdir()) == []

@@ -1,56 +1,80 @@
 import numpy as np
 import pytest
 
-from vqcodec.entropy import (INTRA, MODE_CONTEXTS, MODES, MV_CONTEXTS, PRECISION, REFINE, SKIP, EntropyCoder,
-                             count_symbols, fit_tables, mode_contexts_a, mode_contexts_b, new_counts, parity,
-                             quantise_rows, refine_stages)
+from vqcodec.entropy import (COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES,
+                             MV_CONTEXTS, PRECISION, SKIP, EntropyCoder, Symbols, coef_contexts, count_symbols,
+                             fit_tables, mode_contexts_a, mode_contexts_b, new_counts, parity, quantise_rows)
 from vqcodec.motion import VECTORS, ZERO, grid_shape
 
 K = 64
+P = 12          # coefficients per token in these tests
+QUALITIES = 3
 
 
-def moving(seed=0, groups=6, stages=3, h=12, w=16, changed_rows=3, refined_rows=2):
-    """A scene whose top rows change (intra), the next rows drift (refine, their blocks moving),
+def coefficients(rng, shape, spread):
+    """Laplacian-like integers that thin out toward the high positions, as a transform's do."""
+    scale = spread / (1 + np.arange(P))
+    c = np.round(rng.laplace(0, 1, (*shape, P)) * scale)
+    return np.clip(c, -COEF_MAX, COEF_MAX).astype(np.int8)
+
+
+def moving(seed=0, groups=6, stages=2, h=12, w=16, changed_rows=3, inter_rows=2, quality=2):
+    """A scene whose top rows change (intra), the next rows drift (inter, their blocks moving),
     the rest stands still."""
     rng = np.random.default_rng(seed)
     g = rng.integers(0, K, (groups, stages, h, w))
     modes = np.full((groups, h, w), SKIP, dtype=np.uint8)
     modes[:, :changed_rows] = INTRA
-    modes[:, changed_rows:changed_rows + refined_rows] = REFINE
+    modes[:, changed_rows:changed_rows + inter_rows] = INTER
     modes[0] = INTRA
     mvs = np.full((groups, *grid_shape(h, w)), ZERO)
-    if refined_rows:
+    if inter_rows:
         mvs[1:, 0] = rng.integers(0, VECTORS, (groups - 1, mvs.shape[2]))
-    return g, modes, mvs
+    coefs = coefficients(rng, (groups, h, w), 3.0)
+    coefs[1:][modes[1:] == INTER] //= 3
+    return Symbols(g, modes, mvs, coefs, quality)
 
 
 @pytest.fixture(scope="module")
 def coder():
-    counts = new_counts(3, K)
+    counts = new_counts(2, K, QUALITIES, P)
     for s in range(10):
-        counts = count_symbols(*moving(s, changed_rows=0 if s < 3 else 3, refined_rows=0 if s < 3 else 2), K, counts)
+        counts = count_symbols(moving(s, changed_rows=0 if s < 3 else 3, inter_rows=0 if s < 3 else 2,
+                                      quality=1 + s % QUALITIES), K, counts)
     return EntropyCoder(*fit_tables(counts))
 
 
-def decoded(coder, words, g):
-    return list(coder.decode_groups(words, g.shape[0], g.shape[1:], grid_shape(*g.shape[2:])))
+def decoded(coder, words, sym):
+    G, D, h, w = sym.indices.shape
+    return list(coder.decode_groups(words, G, (D, h, w), grid_shape(h, w), sym.quality))
 
 
-def coded_slots(g, modes):
-    """What the decoder must give back: every slot a token codes."""
-    S = g.shape[1]
-    keep = np.ones(g.shape, bool)
-    for i in range(1, g.shape[0]):
-        keep[i][:, modes[i] == SKIP] = False
-        keep[i][: S - refine_stages(S), modes[i] == REFINE] = False
-    return keep
+def check_round_trip(coder, sym):
+    """What the decoder gives back is every symbol a token codes, and only those."""
+    words = coder.encode(sym)
+    assert words.dtype == np.uint32
+    out = decoded(coder, words, sym)
+    assert out[0][1] is None and out[0][2] is None
+    for i, (g, m, v, c) in enumerate(out):
+        intra = np.ones(g.shape[1:], bool) if i == 0 else m == INTRA
+        coded = intra if i == 0 else m != SKIP
+        if i:
+            assert np.array_equal(m, sym.modes[i]) and np.array_equal(v, sym.vectors[i])
+        assert np.array_equal(g[:, intra], sym.indices[i][:, intra])
+        assert np.array_equal(c[coded], sym.coefs[i][coded]) and not c[~coded].any()
 
 
 def test_tables_are_integer_rows_of_fixed_total(coder):
-    for t in (coder.tables, coder.mode_tables, coder.mv_tables):
+    for t in (coder.tables, coder.mode_tables, coder.mv_tables, coder.coef_tables):
         assert (t.sum(-1) == 1 << PRECISION).all() and t.min() >= 1
-    assert coder.tables.shape == (3, K + 2, K) and coder.mode_tables.shape == (MODE_CONTEXTS, MODES)
+    assert coder.tables.shape == (2, K + 1, K) and coder.mode_tables.shape == (MODE_CONTEXTS, MODES)
     assert coder.mv_tables.shape == (MV_CONTEXTS, VECTORS)
+    assert coder.coef_tables.shape == (QUALITIES, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS)
+
+
+def test_coefficient_contexts_count_the_earlier_non_zeros():
+    c = np.array([[0, 3, 0, -1, 2, 5, 0, 1], [0] * 8])
+    assert coef_contexts(c).tolist() == [[0, 0, 1, 1, 2, 2, 3, 3], [0] * 8]
 
 
 def test_quantise_rows_keeps_every_symbol_codable():
@@ -74,44 +98,43 @@ def test_mode_contexts_use_only_decoded_modes():
 
 
 @pytest.mark.parametrize("seed", [100, 101])
-def test_round_trip_gives_every_coded_slot_mode_and_vector(coder, seed):
-    g, modes, mvs = moving(seed)
-    words = coder.encode(g, modes, mvs)
-    assert words.dtype == np.uint32
-    out = decoded(coder, words, g)
-    assert out[0][1] is None and out[0][2] is None
-    assert all(np.array_equal(m, modes[i]) and np.array_equal(v, mvs[i]) for i, (_, m, v) in enumerate(out) if i)
-    got = np.stack([x for x, _, _ in out])
-    keep = coded_slots(g, modes)
-    assert np.array_equal(got[keep], g[keep])
+def test_round_trip_gives_every_coded_symbol(coder, seed):
+    check_round_trip(coder, moving(seed))
 
 
 def test_unseen_random_symbols_round_trip(coder):
     rng = np.random.default_rng(7)
-    g = rng.integers(0, K, (4, 3, 5, 7))
-    modes = rng.integers(0, MODES, (4, 5, 7)).astype(np.uint8)
-    mvs = rng.integers(0, VECTORS, (4, *grid_shape(5, 7)))
-    got = np.stack([x for x, _, _ in decoded(coder, coder.encode(g, modes, mvs), g)])
-    keep = coded_slots(g, modes)
-    assert np.array_equal(got[keep], g[keep])
+    sym = Symbols(rng.integers(0, K, (4, 2, 5, 7)), rng.integers(0, MODES, (4, 5, 7)).astype(np.uint8),
+                  rng.integers(0, VECTORS, (4, *grid_shape(5, 7))),
+                  rng.integers(-COEF_MAX, COEF_MAX + 1, (4, 5, 7, P)).astype(np.int8), 3)
+    check_round_trip(coder, sym)
 
 
 def test_fewer_stages_than_the_tables_round_trip(coder):
-    g, modes, mvs = moving(5, stages=2)
-    got = np.stack([x for x, _, _ in decoded(coder, coder.encode(g, modes, mvs), g)])
-    keep = coded_slots(g, modes)
-    assert np.array_equal(got[keep], g[keep])
+    check_round_trip(coder, moving(5, stages=1, quality=1))
+
+
+def test_a_quality_without_tables_is_refused(coder):
+    with pytest.raises(ValueError, match="quality"):
+        coder.encode(moving(6, quality=QUALITIES + 1))
 
 
 def test_real_bits_match_the_estimate(coder):
-    g, modes, mvs = moving(200)
-    real = coder.encode(g, modes, mvs).nbytes * 8
-    est = coder.estimate_bits(g, modes, mvs)
+    sym = moving(200)
+    real = coder.encode(sym).nbytes * 8
+    est = coder.estimate_bits(sym)
     assert est <= real <= est * 1.02 + 64
 
 
+def test_the_tables_learn_that_high_positions_are_mostly_zero(coder):
+    zero = COEF_MAX
+    p_zero = coder.coef_tables[1, :, 0, 0, zero] / float(1 << PRECISION)
+    assert p_zero[-1] > 0.7 > p_zero[0]
+
+
 def test_a_static_scene_costs_almost_nothing_after_its_first_group(coder):
-    g, modes, mvs = moving(300, changed_rows=0, refined_rows=0)
-    first = coder.estimate_bits(g[:1], modes[:1], mvs[:1])
-    later = coder.estimate_bits(g, modes, mvs) - first
-    assert later / (g.shape[0] - 1) < 0.02 * first
+    sym = moving(300, changed_rows=0, inter_rows=0)
+    cut = lambda n: Symbols(sym.indices[:n], sym.modes[:n], sym.vectors[:n], sym.coefs[:n], sym.quality)
+    first = coder.estimate_bits(cut(1))
+    later = coder.estimate_bits(sym) - first
+    assert later / (sym.indices.shape[0] - 1) < 0.02 * first

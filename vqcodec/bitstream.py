@@ -3,7 +3,7 @@
 File header, 64 bytes:
   off size field
     0   4  magic b"VQVC"
-    4   2  format version (u16), currently 2
+    4   2  format version (u16), currently 3
     6   2  header size in bytes (u16) = 64
     8  16  model fingerprint (first 16 bytes of SHA-256 of the model, see modelfile.py)
    24   4  width (u32)            28  4  height (u32)
@@ -45,7 +45,7 @@ from typing import Iterator
 
 MAGIC = b"VQVC"
 SEGMENT_MAGIC = b"VQSG"
-VERSION = 2
+VERSION = 3
 HEADER_SIZE = 64
 SEGMENT_HEADER_SIZE = 24
 PIX_FMTS = {0: "yuv420p"}
@@ -105,8 +105,8 @@ def unpack_header(data: bytes) -> Header:
     if len(data) < HEADER_SIZE:
         raise BitstreamError("truncated header")
     if version < VERSION:
-        raise BitstreamError(f"format version {version} was written by an earlier vqcodec (0.1); "
-                             f"this one reads version {VERSION}")
+        raise BitstreamError(f"format version {version} was written by an earlier vqcodec; "
+                             f"this one reads version {VERSION} (re-encode the source)")
     (_, version, size, fp, w, h, fn, fd, frames, pix, q, stages, t, seg, patch, _r1, nseg, rate) = \
         _HEADER.unpack_from(data)
     if zlib.crc32(data[: HEADER_SIZE - 4]) != struct.unpack_from("<I", data, HEADER_SIZE - 4)[0]:

@@ -23,12 +23,15 @@ import torch
 
 from . import bitstream as bs
 from . import motion
-from .entropy import INTRA, MODE_FIRST, REFINE, SKIP, EntropyCoder, refine_stages
+from .entropy import COEF_MAX, INTER, INTRA, MODE_FIRST, SKIP, EntropyCoder, Symbols
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
+from .quantizer import scalar_quantise, tube_basis
 from .video import Frame, PngWriter, VideoWriter, centre_crop, output_kind, probe, read_frames
 
-QUALITY_LEVELS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)  # fraction of the VQ depth per quality
+# quality -> (residual-VQ stages, step of the scalar coefficients): each step is 1.4x the next, about
+# 3 dB apart where the coefficients dominate; the VQ stages carry the coarse picture.
+QUALITY_LEVELS = ((1, 0.32), (1, 0.228), (1, 0.163), (2, 0.116), (2, 0.083), (2, 0.059), (2, 0.042), (2, 0.03))
 DEFAULT_QUALITY = 4
 DEFAULT_SEGMENT_FRAMES = 32
 DEFAULT_BATCH = 4  # temporal groups through the network at once
@@ -36,10 +39,19 @@ DEFAULT_BATCH = 4  # temporal groups through the network at once
 Progress = Callable[[int], None]  # called with the number of frames just finished
 
 
-def stages_for_quality(quality: int, max_stages: int) -> int:
+def _check_quality(quality: int) -> None:
     if not 1 <= quality <= len(QUALITY_LEVELS):
         raise VqvError(f"--quality must be an integer from 1 to {len(QUALITY_LEVELS)}, got {quality}")
-    return max(1, round(QUALITY_LEVELS[quality - 1] * max_stages))
+
+
+def stages_for_quality(quality: int, max_stages: int) -> int:
+    _check_quality(quality)
+    return min(QUALITY_LEVELS[quality - 1][0], max_stages)
+
+
+def step_for_quality(quality: int) -> float:
+    _check_quality(quality)
+    return QUALITY_LEVELS[quality - 1][1]
 
 
 def resolve_device(device: str) -> str:
@@ -124,24 +136,23 @@ def to_frames(y, u, v, width: int, height: int, count: int) -> list[Frame]:
 # -- segments ------------------------------------------------------------------------------------
 # Mode decisions (encoder only; the decoder just reads them).  In a later group, each token takes
 # the mode with the least distortion + lambda * bits (entropy.py describes the modes):
-#   SKIP   keeps the previous latent (distortion |z - z_prev|^2, almost no bits),
-#   REFINE codes z - z_prev with the last R stages (small codebooks for a small change),
-#   INTRA  codes z afresh with all S stages (rates from the model's tables when it has them),
-# with lambda = MODE_LAMBDA[quality] * (mean intra distortion of the group) per bit, steep at low
-# quality and flat at high, following the slope of the rate-distortion curve.  Distortion is the
-# squared error of the latent, which the near-identity decoder carries to the pixels.  Every
-# choice is made against the previous group's *reconstructed* latent, as the decoder has it.
-MODE_LAMBDA = (0.15, 0.12, 0.09, 0.07, 0.05, 0.04, 0.025, 0.008)
+#   SKIP   keeps the prediction (distortion |z - z_pred|^2, almost no bits),
+#   INTER  codes the change z - z_pred as scalar coefficients,
+#   INTRA  codes z afresh: VQ stages, then coefficients of what they leave,
+# with lambda = LAMBDA * step^2 per bit: a uniform quantiser of step s has distortion ~s^2/12 per
+# coefficient and loses 2 ln 2 of it per bit saved.  Distortion is the squared error of the latent,
+# which the near-identity decoder carries to the pixels.  Every choice is made against the previous
+# group's *reconstructed* latent, as the decoder has it.
+LAMBDA = 0.15
 # A token whose source moved less than STILL x its own quantisation error since the previous group
-# is kept (SKIP) whatever refining it would buy: temporal noise below the quality's own noise is
-# not worth coding, and a static scene costs next to nothing after its first group.  Measured: at
-# 0.25 it costs 0.5 % of BD-rate on the sample clips, against up to 13 % more bits on the second
-# group of a still scene without it.
+# is kept (SKIP) whatever coding it would buy: temporal noise below the quality's own noise is
+# not worth coding, and a static scene costs next to nothing after its first group.
 STILL = 0.25
 # A block moves only when its motion-compensated latent is at least this much closer to the source
 # than its still one (the search itself compares pixels, which noise can fool).
 MC_GAIN = 0.8
 BITS_PER_INDEX = 5.0  # rate of an index before a model has tables (while they are fitted)
+_NNZ_BUCKET = (0, 1, 2, 2, 3)  # entropy.py's coefficient contexts, on the device
 
 
 class SegmentCoder:
@@ -151,9 +162,13 @@ class SegmentCoder:
         self.model, self.device, self.batch = model, device, max(1, batch)
         self.net = model.net.to(device).eval()
         self.cfg = model.config
+        self.basis = tube_basis(self.cfg.patch, self.cfg.frames).to(device)
         self.coder = EntropyCoder(*model.tables) if model.tables is not None else None
-        self._bits = torch.from_numpy(self.coder.bits).float().to(device) if self.coder else None
-        self._mode_bits = torch.from_numpy(self.coder.mode_bits).float().to(device) if self.coder else None
+        to_dev = lambda a: torch.from_numpy(a).float().to(device)
+        self._bits = to_dev(self.coder.bits) if self.coder else None
+        self._mode_bits = to_dev(self.coder.mode_bits) if self.coder else None
+        self._coef_bits = to_dev(self.coder.coef_bits) if self.coder else None
+        self._bucket = torch.tensor(_NNZ_BUCKET, device=device)
 
     def analyse(self, frames: list[Frame]) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
         """Per temporal group, in order: its latent tokens (N, D) and its planes (T, H, W), (T, H/2, W/2) x 2."""
@@ -168,12 +183,35 @@ class SegmentCoder:
                 for j in range(b):
                     yield tokens[j], tuple(p[j] for p in planes)
 
-    def _rate(self, idx: torch.Tensor, first: int, ctx: torch.Tensor | int) -> torch.Tensor:
-        """Bits of indices (S', N) of stages first.. in context rows ctx ((S', N) or one row id)."""
+    # -- rates (bits per token) ------------------------------------------------------------------
+    def _index_rate(self, idx: torch.Tensor, ctx: torch.Tensor | int) -> torch.Tensor:
+        """Bits of VQ indices (D, N) in context rows ctx ((D, N) or one row id)."""
         if self._bits is None:
             return torch.full((idx.shape[1],), BITS_PER_INDEX * idx.shape[0], device=idx.device)
-        stages = torch.arange(first, first + idx.shape[0], device=idx.device)[:, None]
+        stages = torch.arange(idx.shape[0], device=idx.device)[:, None]
         return self._bits[stages, ctx, idx].sum(0)
+
+    def _coef_rate(self, c: torch.Tensor, kind: int, quality: int) -> torch.Tensor:
+        """Bits of quantised coefficients (N, P) of one kind (0 intra, 1 inter)."""
+        if self._coef_bits is None:  # a rough model of an adaptive coder, while tables are fitted
+            a = c.abs().float()
+            return torch.where(a == 0, 0.3, 2.5 + 2 * torch.log2(a.clamp(min=1))).sum(1)
+        nz = (c != 0).long()
+        ctx = self._bucket[(nz.cumsum(1) - nz).clamp(max=4)]
+        pos = torch.arange(c.shape[1], device=c.device)[None, :]
+        return self._coef_bits[quality - 1, pos, kind, ctx, c + COEF_MAX].sum(1)
+
+    # -- reconstruction --------------------------------------------------------------------------
+    def rebuild(self, z_vq: torch.Tensor, z_pred: torch.Tensor | None, modes: torch.Tensor,
+                coefs: torch.Tensor, step: float) -> torch.Tensor:
+        """Each token's latent from its mode: INTRA z_vq + coefficients, SKIP z_pred, INTER
+        z_pred + coefficients.  The encoder and the decoder both call this, with the same
+        tensors, so they hold bit-identical latents."""
+        change = (coefs.float() * step) @ self.basis
+        if z_pred is None:
+            return z_vq + change
+        return torch.where((modes == INTRA)[:, None], z_vq + change,
+                           torch.where((modes == SKIP)[:, None], z_pred, z_pred + change))
 
     def planes(self, z: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         """A group's decoded planes from its latent tokens (N, D), exactly as decode outputs them
@@ -183,8 +221,8 @@ class SegmentCoder:
 
     def base(self, z_prev: torch.Tensor, planes: tuple[torch.Tensor, ...] | None, mv: torch.Tensor,
              shape: tuple[int, int]) -> torch.Tensor:
-        """The latent each SKIP or REFINE token starts from: its previous latent where its block
-        stands still, the latent of the motion-compensated previous frames where it moves."""
+        """Each token's prediction: its previous latent where its block stands still, the latent
+        of the motion-compensated previous frames where it moves."""
         moving = motion.token_mask(mv, *shape)
         if not bool(moving.any()):
             return z_prev
@@ -192,60 +230,64 @@ class SegmentCoder:
         z_mc = self.net.analysis(*(p[None] for p in pred))[0].reshape(z_prev.shape[1], -1).t().float()
         return torch.where(moving[:, None], z_mc, z_prev)
 
+    def _predict(self, z: torch.Tensor, z_prev: torch.Tensor, planes: tuple[torch.Tensor, ...],
+                 shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's motion: (vectors, prediction) for the group of latent z."""
+        recon = self.planes(z_prev, shape)
+        mv = motion.search(planes[0], recon[0], self.cfg.patch)
+        z_base = self.base(z_prev, recon, mv, shape)
+        if bool((mv != motion.ZERO).any()):  # keep a vector only where it predicts the latent better
+            moved_err = motion.block_sums(((z - z_base) ** 2).sum(1), shape)
+            still_err = motion.block_sums(((z - z_prev) ** 2).sum(1), shape)
+            kept = torch.where(moved_err < MC_GAIN * still_err, mv, motion.ZERO)
+            if not torch.equal(kept, mv):  # the encoder network sees across blocks: predict again
+                mv, z_base = kept, self.base(z_prev, recon, kept, shape)
+        return mv, z_base
+
     @torch.no_grad()
-    def decide(self, groups: Iterable[tuple[torch.Tensor, tuple]], stages: int, quality: int,
-               shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Indices, modes and vectors, group after group: -> indices (G, S, h, w) int64 (see
-        EntropyCoder.encode), modes (G, h, w) uint8 (the first group's all INTRA) and vectors
-        (G, Hb, Wb) (the first group's all still)."""
+    def decide(self, groups: Iterable[tuple[torch.Tensor, tuple]], quality: int, shape: tuple[int, int]) -> Symbols:
+        """Indices, modes, vectors and coefficients, group after group, at one quality."""
         q = self.net.quantizer
-        K = self.cfg.codes
-        first = stages - refine_stages(stages)
+        stages, step = stages_for_quality(quality, self.cfg.stages), step_for_quality(quality)
+        lam = LAMBDA * step * step
         still = torch.full(motion.grid_shape(*shape), motion.ZERO, dtype=torch.long, device=self.device)
-        out_idx, out_mode, out_mv = [], [], []
+        out_idx, out_mode, out_mv, out_coef = [], [], [], []
         z_prev = ref = moved = z_src = None
         for z, planes in groups:
             idx = q.encode(z, stages)
-            z_hat = q.decode(idx)
-            mode = torch.zeros(z.shape[0], dtype=torch.uint8, device=z.device)
-            mv = still
+            z_vq = q.decode(idx)
+            c_intra = scalar_quantise((z - z_vq) @ self.basis.t(), step, COEF_MAX)
+            mode = torch.full((z.shape[0],), INTRA, dtype=torch.uint8, device=z.device)
+            mv, z_base, coefs = still, None, c_intra
             if z_prev is not None:
-                recon = self.planes(z_prev, shape)
-                mv = motion.search(planes[0], recon[0], self.cfg.patch)
-                z_base = self.base(z_prev, recon, mv, shape)
-                if bool((mv != motion.ZERO).any()):  # keep a vector only where it predicts the latent better
-                    moved_err = motion.block_sums(((z - z_base) ** 2).sum(1), shape)
-                    still_err = motion.block_sums(((z - z_prev) ** 2).sum(1), shape)
-                    kept = torch.where(moved_err < MC_GAIN * still_err, mv, still)
-                    if not torch.equal(kept, mv):  # the encoder network sees across blocks: predict again
-                        mv, z_base = kept, self.base(z_prev, recon, kept, shape)
-                d_intra = ((z - z_hat) ** 2).sum(1)
-                lam = MODE_LAMBDA[quality - 1] * d_intra.mean()
-                cost_intra = d_intra + lam * self._rate(idx, 0, ref)
-                cost_skip = ((z - z_base) ** 2).sum(1)
-                r_idx = q.encode(z - z_base, stages, first)
-                z_ref = z_base + q.decode(r_idx, first)
-                cost_ref = ((z - z_ref) ** 2).sum(1) + lam * self._rate(r_idx, first, K + 1)
-                costs = torch.stack([cost_intra, cost_skip, cost_ref])
+                mv, z_base = self._predict(z, z_prev, planes, shape)
+                c_inter = scalar_quantise((z - z_base) @ self.basis.t(), step, COEF_MAX)
+                z_intra = self.rebuild(z_vq, None, mode, c_intra, step)
+                z_inter = z_base + (c_inter.float() * step) @ self.basis
+                d_intra = ((z - z_intra) ** 2).sum(1)
+                costs = torch.stack([
+                    d_intra + lam * (self._index_rate(idx, ref) + self._coef_rate(c_intra, 0, quality)),
+                    ((z - z_base) ** 2).sum(1),
+                    ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, quality)])
                 if self._mode_bits is not None:  # the modes' own bits, in their pass-A contexts
                     costs += lam * self._mode_bits[self._mode_context(moved, shape)].t()
                 best = costs.argmin(0)
                 best[((z - z_src) ** 2).sum(1) <= STILL * d_intra] = SKIP
                 mode = best.to(torch.uint8)
-                refine = best == REFINE
-                idx[first:, refine] = r_idx[:, refine]
-                z_hat = torch.where((best == INTRA)[:, None], z_hat,
-                                    torch.where(refine[:, None], z_ref, z_base))
+                coefs = torch.where((best == INTRA)[:, None], c_intra,
+                                    torch.where((best == INTER)[:, None], c_inter, 0))
                 intra = best == INTRA
                 ref[:, intra] = idx[:, intra]
                 moved = best != SKIP
             else:
                 ref = idx.clone()
-            z_prev, z_src = z_hat, z
+            z_prev, z_src = self.rebuild(z_vq, z_base, mode, coefs, step), z
             out_idx.append(idx.reshape(stages, *shape).cpu())
             out_mode.append(mode.reshape(shape).cpu())
             out_mv.append(mv.cpu())
-        return torch.stack(out_idx).numpy(), torch.stack(out_mode).numpy(), torch.stack(out_mv).numpy()
+            out_coef.append(coefs.to(torch.int8).reshape(*shape, -1).cpu())
+        return Symbols(torch.stack(out_idx).numpy(), torch.stack(out_mode).numpy(), torch.stack(out_mv).numpy(),
+                       torch.stack(out_coef).numpy(), quality)
 
     def _mode_context(self, moved: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
         """entropy.mode_contexts_a on the device: changed tokens in each 3x3 neighbourhood."""
@@ -256,24 +298,22 @@ class SegmentCoder:
         return n.round().long().reshape(-1)
 
     @torch.no_grad()
-    def reconstruct(self, decoded: Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
-                    ) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
-        """The decoder's side of decide: (indices, modes, vectors) per group -> (latent tokens,
-        decoded planes) per group."""
+    def reconstruct(self, decoded: Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]],
+                    step: float) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """The decoder's side of decide: (indices, modes, vectors, coefficients) per group ->
+        (latent tokens, decoded planes) per group."""
         q = self.net.quantizer
         z_prev = planes = None
-        for g, modes, mv in decoded:
+        for g, modes, mv, coefs in decoded:
             S, h, w = g.shape
             idx = torch.from_numpy(g.reshape(S, -1)).to(self.device)
+            c = torch.from_numpy(coefs.reshape(h * w, -1)).to(self.device)
             if modes is None:
-                z = q.decode(idx)
+                z = self.rebuild(q.decode(idx), None, None, c, step)
             else:
                 m = torch.from_numpy(modes.reshape(-1)).to(self.device)
-                first = S - refine_stages(S)
                 z_base = self.base(z_prev, planes, torch.from_numpy(mv).to(self.device), (h, w))
-                z = torch.where((m == INTRA)[:, None], q.decode(idx), z_base)
-                refine = m == REFINE
-                z[refine] += q.decode(idx[first:, refine], first)
+                z = self.rebuild(q.decode(idx), z_base, m, c, step)
             planes = self.planes(z, (h, w))
             z_prev = z
             yield z, planes
@@ -282,18 +322,16 @@ class SegmentCoder:
         p = self.cfg.patch
         return math.ceil(frames[0].height / p), math.ceil(frames[0].width / p)
 
-    def indices(self, frames: list[Frame], quality: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Frames -> (indices, modes, vectors) at one quality, streamed group by group."""
-        stages = stages_for_quality(quality, self.cfg.stages)
-        return self.decide(self.analyse(frames), stages, quality, self.grid(frames))
+    def symbols(self, frames: list[Frame], quality: int) -> Symbols:
+        """Frames -> their symbols at one quality, streamed group by group."""
+        return self.decide(self.analyse(frames), quality, self.grid(frames))
 
-    def pack(self, idx: np.ndarray, modes: np.ndarray, mvs: np.ndarray) -> tuple[bytes, float]:
+    def pack(self, sym: Symbols) -> tuple[bytes, float]:
         """(payload bytes, ideal code length in bits under the tables)."""
-        return (self.coder.encode(idx, modes, mvs).astype("<u4").tobytes(),
-                self.coder.estimate_bits(idx, modes, mvs))
+        return self.coder.encode(sym).astype("<u4").tobytes(), self.coder.estimate_bits(sym)
 
     def encode(self, frames: list[Frame], quality: int) -> tuple[bytes, float]:
-        return self.pack(*self.indices(frames, quality))
+        return self.pack(self.symbols(frames, quality))
 
     def encode_for_budget(self, frames: list[Frame], budget_bits: float, start: int) -> tuple[int, bytes, float]:
         """The best quality whose segment fits `budget_bits` (quality 1 when none does), searched
@@ -305,8 +343,8 @@ class SegmentCoder:
 
         def attempt(quality: int):
             if quality not in tried:
-                chosen = self.decide(groups, stages_for_quality(quality, self.cfg.stages), quality, shape)
-                tried[quality] = (chosen, self.coder.estimate_bits(*chosen))
+                chosen = self.decide(groups, quality, shape)
+                tried[quality] = (chosen, self.coder.estimate_bits(chosen))
             return tried[quality][1] <= budget_bits
 
         quality = start
@@ -318,21 +356,24 @@ class SegmentCoder:
                 quality -= 1
             quality = max(1, quality - 1)
         attempt(quality)
-        payload, bits = self.pack(*tried[quality][0])
+        payload, bits = self.pack(tried[quality][0])
         return quality, payload, bits
 
-    def decode(self, payload: bytes, header: bs.Header, count: int, stages: int) -> list[Frame]:
+    def decode(self, payload: bytes, header: bs.Header, count: int, quality: int, stages: int) -> list[Frame]:
         """Payload -> `count` frames.  Every number is checked before it sizes an allocation."""
         p = self.cfg.patch
         h, w = math.ceil(header.height / p), math.ceil(header.width / p)
         groups = math.ceil(count / self.cfg.frames)
+        if not 1 <= quality <= min(len(QUALITY_LEVELS), self.coder.qualities) \
+                or stages != stages_for_quality(quality, self.cfg.stages) or stages > self.coder.stages:
+            raise FormatError(f"segment quality {quality} with {stages} VQ stages is not a valid operating point")
         if h * w * (stages + groups - 1) > self.coder.max_symbols(len(payload)):
             raise FormatError("payload is too short for the symbols the header announces")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         frames: list[Frame] = []
         try:
-            decoded = self.coder.decode_groups(words, groups, (stages, h, w), motion.grid_shape(h, w))
-            for _, planes in self.reconstruct(decoded):
+            decoded = self.coder.decode_groups(words, groups, (stages, h, w), motion.grid_shape(h, w), quality)
+            for _, planes in self.reconstruct(decoded, step_for_quality(quality)):
                 frames += to_frames(*(p[None] for p in planes), header.width, header.height,
                                     min(count - len(frames), self.cfg.frames))
         except (ValueError, RuntimeError, AssertionError) as exc:
@@ -409,7 +450,8 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path, *, quality:
         raise VqvError(f"--bitrate must be from 1 to 10000000 kbit/s, got {bitrate:g}")
     stages_for_quality(quality, 1)  # a bad --quality fails before the model loads
     cm = model if isinstance(model, CodecModel) else load_model(model, device)
-    stages = cm.config.stages if bitrate is not None else stages_for_quality(quality, cm.config.stages)
+    stages = (max(stages_for_quality(q, cm.config.stages) for q in range(1, len(QUALITY_LEVELS) + 1))
+              if bitrate is not None else stages_for_quality(quality, cm.config.stages))
     T = cm.config.frames
     if not T <= segment_frames <= bs.MAX_SEGMENT_FRAMES:
         raise VqvError(f"--segment must be from {T} to {bs.MAX_SEGMENT_FRAMES} frames, got {segment_frames}")
@@ -511,7 +553,7 @@ def decoded_frames(data, header: bs.Header, coder: SegmentCoder, *, conceal: boo
         frames: list[Frame] = []
         if isinstance(seg, bs.Segment):
             try:
-                frames = coder.decode(seg.payload, header, seg.frames, seg.stages)
+                frames = coder.decode(seg.payload, header, seg.frames, seg.quality, seg.stages)
             except FormatError as exc:
                 seg = bs.Damaged(seg.index, seg.first_frame, seg.frames, str(exc))
         if isinstance(seg, bs.Damaged):
@@ -627,22 +669,21 @@ def fit_model_tables(net, paths: list[Path], *, frames: int = 32, segment_frames
     (centre crops) are coded segment by segment exactly as encode codes them, at every quality;
     the symbols are counted in their contexts and the counts quantised to integer tables.  The
     mode decisions weigh rates from the tables, so each further round refits on the decisions
-    the previous round's tables lead to.  Returns the tables (index, mode)."""
+    the previous round's tables lead to.  Returns the tables (index, mode, vector, coefficient)."""
     from .entropy import count_symbols, fit_tables, new_counts
 
     clips = [[centre_crop(f, *FIT_SIDE) for f in read_frames(Path(p), limit=frames)] for p in paths]
     cm = CodecModel(net, None, b"")
+    depth = max(stages_for_quality(q, net.config.stages) for q in range(1, len(QUALITY_LEVELS) + 1))
     tables = None
     for _ in range(rounds):
         coder = SegmentCoder(cm, device)
-        counts = new_counts(net.config.stages, net.config.codes)
+        counts = new_counts(depth, net.config.codes, len(QUALITY_LEVELS), net.config.dim)
         for clip in clips:
             for chunk in _chunks(clip, segment_frames):
                 groups = list(coder.analyse(chunk))
                 for quality in range(1, len(QUALITY_LEVELS) + 1):
-                    stages = stages_for_quality(quality, net.config.stages)
-                    idx, modes, mvs = coder.decide(groups, stages, quality, coder.grid(chunk))
-                    counts = count_symbols(idx, modes, mvs, net.config.codes, counts)
+                    counts = count_symbols(coder.decide(groups, quality, coder.grid(chunk)), net.config.codes, counts)
         tables = fit_tables(counts)
         cm = CodecModel(net, tables, b"")
     return tables
@@ -654,7 +695,8 @@ def inspect_model(path: Path) -> dict:
     meta = dict(cm.meta)
     d = {"model": cm.fingerprint.hex(), "path": str(cm.path), "architecture": cm.config.to_dict(),
          "parameters": sum(p.numel() for p in cm.net.parameters()),
-         "tables": (f"index {list(cm.tables[0].shape)}, mode {list(cm.tables[1].shape)}, vector {list(cm.tables[2].shape)}" if cm.tables is not None
+         "tables": (", ".join(f"{name} {list(t.shape)}" for name, t in zip(("index", "mode", "vector", "coefficient"),
+                                                                       cm.tables)) if cm.tables is not None
                     else "none (a training checkpoint)")}
     for key in ("steps", "wall_s", "device", "world", "validation", "train"):
         if key in meta:

@@ -1,15 +1,14 @@
 """Context model and entropy coder: integer probability tables + constriction's range coder.
 
 A segment is a sequence of temporal groups; each group is a grid of h x w tokens.  The first
-group codes every token *intra*: its S residual-VQ indices.  In every later group each token
-has a *mode*:
-  INTRA  (0): S indices, coded afresh;
-  SKIP   (1): nothing more: the token keeps the previous group's latent;
-  REFINE (2): the indices of the last R = refine_stages(S) stages, coding the change from the
-              previous group's latent with the small codebooks of the last stages.
-Each later group also carries a motion vector per block of tokens (motion.py): SKIP and REFINE
-start from the previous latent of a token whose block stands still, and from the latent of the
-motion-compensated previous frames where it moves.  Which vectors and modes the tokens take is the
+group codes every token *intra*.  In every later group each token has a *mode*:
+  INTRA (0): coded afresh: its D residual-VQ indices, then the scalar coefficients of what
+             those stages leave (quantizer.tube_basis, quantizer.scalar_quantise);
+  SKIP  (1): nothing more: the token keeps its prediction;
+  INTER (2): the scalar coefficients of the change from its prediction.
+The prediction is the previous group's latent of the token where its block stands still, and
+the latent of the motion-compensated previous frames where it moves: each later group carries a
+motion vector per block of tokens (motion.py).  Which vectors and modes the tokens take is the
 encoder's choice (codec.py); the decoder only reads them.
 
 Contexts (all discrete, all from data the decoder already has):
@@ -21,25 +20,32 @@ Contexts (all discrete, all from data the decoder already has):
       previous group is the segment's first (it has no modes);
       pass B (the other tokens): 11 + 3 * (changed 4-neighbours in the current group, all from
       pass A, 0..4) + (the co-located previous mode: 0 skip, 1 changed, 2 none: first group).
-  - intra indices: (stage, the index at the same stage and place in the last group that coded
+  - VQ indices: (stage, the index at the same stage and place in the last group that coded
     that token intra), or (stage, K = "no previous group") in the segment's first group;
-  - refine indices: (stage, K + 1).
+  - coefficients: (quality, position in coding order, kind: 0 intra / 1 inter, the number of
+    non-zero coefficients at the token's earlier positions: 0, 1, 2-3, 4 or more).
 A static region is skipped wholesale in contexts that predict "skip" with near certainty: it
-costs a small fraction of a bit per token.
+costs a small fraction of a bit per token; a token's high frequencies, once its low ones are
+zero, cost little more.
 
 Tables are integer frequencies; every entry >= 1, every row sums to 2**PRECISION:
-  ``tables`` int32 (S, K + 2, K) for indices, ``mode_tables`` int32 (MODE_CONTEXTS, 3) for modes,
-  ``mv_tables`` int32 (MV_CONTEXTS, motion.VECTORS) for vectors.
+  ``tables`` int32 (D, K + 1, K) for indices, ``mode_tables`` int32 (MODE_CONTEXTS, 3) for modes,
+  ``mv_tables`` int32 (MV_CONTEXTS, motion.VECTORS) for vectors, ``coef_tables`` int32
+  (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS) for coefficients (symbol = value + COEF_MAX).
 They are fitted after training (``fit_tables``) and stored in the model file, so the encoder
 and the decoder use the same integers on every device: the row ``freq / 2**16`` is exact in
 float64, and constriction quantises it deterministically.
 
 Coding order inside a group: vectors grouped by context (ascending), pass-A modes grouped by
-context, pass-B modes likewise, then the indices grouped by key = stage * (K + 2) + context (ascending), raster
-order inside every group of symbols.  Each group of symbols sharing a table is one constriction
-call, never a Python loop per symbol.  All groups of a segment share one range-coder stream.
+context, pass-B modes likewise, the indices grouped by key = stage * (K + 1) + context
+(ascending), then the coefficients position by position (each position's grouped by kind, then
+context), raster order inside every group of symbols.  Each group of symbols sharing a table is
+one constriction call, never a Python loop per symbol.  All groups of a segment share one
+range-coder stream.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,17 +54,43 @@ import constriction
 from .motion import VECTORS, ZERO
 
 PRECISION = 16
-INTRA, SKIP, REFINE = 0, 1, 2
+INTRA, SKIP, INTER = 0, 1, 2
 MODES = 3
 MODE_FIRST = 10        # pass-A context when the previous group has no modes
 MODE_B = 11            # first pass-B context
 MODE_CONTEXTS = 26
 MV_CONTEXTS = 3
+COEF_MAX = 24          # coefficients are integers in [-COEF_MAX, COEF_MAX]
+COEF_SYMBOLS = 2 * COEF_MAX + 1
+KINDS = 2              # coefficients of an intra token (0) or of an inter change (1)
+COEF_CONTEXTS = 4
+_NNZ_BUCKET = np.array([0, 1, 2, 2, 3])  # non-zeros so far (capped at 4) -> context
 
 
-def refine_stages(stages: int) -> int:
-    """Stages a REFINE token codes (the last ones): a third of the depth, at least one."""
-    return max(1, -(-stages // 3))
+@dataclass
+class Symbols:
+    """What the encoder chose for one segment, at one quality (1-based):
+    indices (G, D, h, w): each intra token's VQ indices (the other tokens' are ignored);
+    modes (G, h, w): the first group's all INTRA;  vectors (G, Hb, Wb): the first group's ignored;
+    coefs (G, h, w, P): each intra or inter token's coefficients (SKIP tokens' are ignored)."""
+    indices: np.ndarray
+    modes: np.ndarray
+    vectors: np.ndarray
+    coefs: np.ndarray
+    quality: int
+
+
+def coef_contexts(coefs: np.ndarray) -> np.ndarray:
+    """(N, P) coefficients -> (N, P) contexts: non-zeros at each token's earlier positions."""
+    nz = (coefs != 0).astype(np.int64)
+    before = np.cumsum(nz, 1) - nz
+    return _NNZ_BUCKET[np.minimum(before, 4)]
+
+
+def coef_keys(kinds: np.ndarray, contexts: np.ndarray) -> np.ndarray:
+    """(N,) kinds, (N, P) contexts -> (N, P) keys inside a quality: position-major."""
+    P = contexts.shape[1]
+    return (np.arange(P)[None, :] * KINDS + kinds[:, None]) * COEF_CONTEXTS + contexts
 
 
 def _neighbours3(m: np.ndarray) -> np.ndarray:
@@ -93,16 +125,21 @@ def mode_contexts_b(moved_a: np.ndarray, prev_moved: np.ndarray | None) -> np.nd
 
 def index_keys(ref: np.ndarray | None, modes: np.ndarray | None, shape: tuple[int, int, int],
                codes: int) -> np.ndarray:
-    """Key (stage * (K + 2) + context) of every index slot (S, h, w) of a group; slots a token
-    does not code (all of a SKIP token, the first S - R of a REFINE token) get -1.
+    """Key (stage * (K + 1) + context) of every index slot (D, h, w) of a group; slots of tokens
+    that code no indices (SKIP and INTER) get -1.
     ref: each token's indices from the last group that coded it intra; None in the first group."""
-    S = shape[0]
-    base = np.arange(S, dtype=np.int64)[:, None, None] * (codes + 2)
+    D = shape[0]
+    base = np.arange(D, dtype=np.int64)[:, None, None] * (codes + 1)
     if ref is None:
         return np.broadcast_to(base + codes, shape)
-    keys = np.where((modes == INTRA)[None], base + ref[:S], -1)
-    refined = (modes == REFINE)[None] & (np.arange(S)[:, None, None] >= S - refine_stages(S))
-    return np.where(refined, base + codes + 1, keys)
+    return np.where((modes == INTRA)[None], base + ref[:D], -1)
+
+
+def coef_kinds(modes: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """(h, w) kind of each token's coefficients: 0 intra, 1 inter, -1 none (SKIP)."""
+    if modes is None:
+        return np.zeros(shape, dtype=np.int64)
+    return np.select([modes == INTRA, modes == INTER], [0, 1], -1).astype(np.int64)
 
 
 def mv_contexts(prev_mv: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
@@ -111,27 +148,34 @@ def mv_contexts(prev_mv: np.ndarray | None, shape: tuple[int, int]) -> np.ndarra
     return (prev_mv != ZERO).astype(np.int64)
 
 
-def _walk(groups: np.ndarray, modes: np.ndarray, mvs: np.ndarray, codes: int):
-    """The encoder's view of a segment, group by group: (index keys (S, h, w), [(kind, keys,
-    symbols)] of the vectors and modes (empty in the first group), indices)."""
-    G, S, h, w = groups.shape
+def _walk(sym: Symbols, codes: int):
+    """The encoder's view of a segment, group by group: (index keys (D, h, w), [(kind, keys,
+    symbols)] of the vectors and modes (empty in the first group), indices, coefficient kinds
+    (h, w), coefficients (h, w, P))."""
+    G, D, h, w = sym.indices.shape
     odd = parity(h, w)
     ref = prev_moved = prev_mv = None
-    for i, g in enumerate(groups):
+    for i, g in enumerate(sym.indices):
         if ref is None:
-            yield index_keys(None, None, g.shape, codes), [], g
+            yield index_keys(None, None, g.shape, codes), [], g, coef_kinds(None, (h, w)), sym.coefs[i]
             ref = g.copy()
             continue
-        m = modes[i].astype(np.int64)
-        mv = mvs[i].astype(np.int64)
+        m = sym.modes[i].astype(np.int64)
+        mv = sym.vectors[i].astype(np.int64)
         moved_a = (m != SKIP) & ~odd
         side = [("mv", mv_contexts(prev_mv, mv.shape).reshape(-1), mv.reshape(-1)),
                 ("mode", mode_contexts_a(prev_moved, h, w)[~odd], m[~odd]),
                 ("mode", mode_contexts_b(moved_a, prev_moved)[odd], m[odd])]
-        yield index_keys(ref, m, g.shape, codes), side, g
+        yield index_keys(ref, m, g.shape, codes), side, g, coef_kinds(m, (h, w)), sym.coefs[i]
         intra = m == INTRA
         ref[:, intra] = g[:, intra]
         prev_moved, prev_mv = m != SKIP, mv
+
+
+def _coded_coefs(kinds: np.ndarray, coefs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The coding tokens' kinds (N,) and coefficients (N, P), raster order."""
+    sel = kinds.reshape(-1) >= 0
+    return kinds.reshape(-1)[sel], coefs.reshape(-1, coefs.shape[-1])[sel].astype(np.int64)
 
 
 def _runs(keys: np.ndarray):
@@ -147,17 +191,21 @@ def _runs(keys: np.ndarray):
 
 
 class EntropyCoder:
-    def __init__(self, tables, mode_tables, mv_tables):
+    def __init__(self, tables, mode_tables, mv_tables, coef_tables):
         as_np = lambda t: (t.cpu().numpy() if torch.is_tensor(t) else np.asarray(t)).astype(np.int64)
-        self.tables, self.mode_tables, self.mv_tables = as_np(tables), as_np(mode_tables), as_np(mv_tables)
+        self.tables, self.mode_tables, self.mv_tables, self.coef_tables = (
+            as_np(tables), as_np(mode_tables), as_np(mv_tables), as_np(coef_tables))
         self.stages, _, self.codes = self.tables.shape
+        self.qualities, self.positions = self.coef_tables.shape[:2]
         self._rows = self.tables.reshape(-1, self.codes)
+        self._coef_rows = self.coef_tables.reshape(-1, COEF_SYMBOLS)
+        self._per_quality = self.positions * KINDS * COEF_CONTEXTS
         self._models: dict[tuple[str, int], object] = {}
-        self.bits = -np.log2(self.tables / float(1 << PRECISION))  # ideal code lengths
-        self.mode_bits = -np.log2(self.mode_tables / float(1 << PRECISION))
-        self.mv_bits = -np.log2(self.mv_tables / float(1 << PRECISION))
+        bits = lambda t: -np.log2(t / float(1 << PRECISION))  # ideal code lengths
+        self.bits, self.mode_bits, self.mv_bits, self.coef_bits = (
+            bits(self.tables), bits(self.mode_tables), bits(self.mv_tables), bits(self.coef_tables))
         # the cheapest possible symbol: bounds how many symbols a payload of n bytes can hold
-        self.min_bits = float(min(self.bits.min(), self.mode_bits.min(), self.mv_bits.min()))
+        self.min_bits = float(min(t.min() for t in (self.bits, self.mode_bits, self.mv_bits, self.coef_bits)))
 
     def max_symbols(self, payload_bytes: int) -> int:
         return int(8 * (payload_bytes + 8) / max(self.min_bits, 1e-6)) + 64
@@ -165,8 +213,9 @@ class EntropyCoder:
     def _model(self, kind: str, key: int):
         m = self._models.get((kind, key))
         if m is None:
-            row = {"mode": self.mode_tables, "mv": self.mv_tables, "index": self._rows}[kind][key]
-            m = constriction.stream.model.Categorical(row.astype(np.float64) / float(1 << PRECISION), perfect=False)
+            rows = {"mode": self.mode_tables, "mv": self.mv_tables, "index": self._rows, "coef": self._coef_rows}
+            m = constriction.stream.model.Categorical(rows[kind][key].astype(np.float64) / float(1 << PRECISION),
+                                                      perfect=False)
             self._models[(kind, key)] = m
         return m
 
@@ -185,26 +234,37 @@ class EntropyCoder:
         out[order] = flat
         return out
 
+    def _check_quality(self, quality: int) -> int:
+        if not 1 <= quality <= self.qualities:
+            raise ValueError(f"quality {quality} has no coefficient tables")
+        return (quality - 1) * self._per_quality
+
     # -- segments ----------------------------------------------------------------------------
-    def encode(self, groups: np.ndarray, modes: np.ndarray, mvs: np.ndarray) -> np.ndarray:
-        """groups (G, S, h, w) int: each token's indices (intra: all S; refine: the last R; the
-        other slots are ignored), modes (G, h, w) and vectors (G, Hb, Wb) (the first group's
-        ignored) -> compressed words (uint32).  Contexts start afresh: a segment depends on
-        nothing else."""
+    def encode(self, sym: Symbols) -> np.ndarray:
+        """A segment's symbols -> compressed words (uint32).  Contexts start afresh: a segment
+        depends on nothing else."""
+        offset = self._check_quality(sym.quality)
         enc = constriction.stream.queue.RangeEncoder()
-        for keys, side, g in _walk(groups, modes, mvs, self.codes):
-            for kind, k, sym in side:
-                self._code_runs(enc, kind, k, sym)
+        for keys, side, g, kinds, coefs in _walk(sym, self.codes):
+            for kind, k, s in side:
+                self._code_runs(enc, kind, k, s)
             coded = keys >= 0
             self._code_runs(enc, "index", keys[coded], g[coded])
+            kinds, c = _coded_coefs(kinds, coefs)
+            if len(c):
+                self._code_runs(enc, "coef", (offset + coef_keys(kinds, coef_contexts(c))).reshape(-1),
+                                (c + COEF_MAX).reshape(-1))
         return enc.get_compressed()
 
     def decode_groups(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
-                      mv_shape: tuple[int, int]):
-        """Yield (indices (S, h, w), modes (h, w), vectors (Hb, Wb)) group by group, modes and
-        vectors None in the first group; memory is bounded by one group whatever n_groups is."""
+                      mv_shape: tuple[int, int], quality: int):
+        """Yield (indices (D, h, w), modes (h, w), vectors (Hb, Wb), coefficients (h, w, P)) group
+        by group, modes and vectors None in the first group; memory is bounded by one group
+        whatever n_groups is."""
+        offset = self._check_quality(quality)
         dec = constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32))
-        S, h, w = shape
+        D, h, w = shape
+        P = self.positions
         odd = parity(h, w)
         ref = prev_moved = modes = mv = None
         for _ in range(n_groups):
@@ -218,43 +278,63 @@ class EntropyCoder:
             coded = keys >= 0
             g = np.zeros(shape, dtype=np.int64)
             g[coded] = self._decode_runs(dec, "index", keys[coded])
+            kinds = coef_kinds(modes, (h, w)).reshape(-1)
+            sel = kinds >= 0
+            c = np.zeros((int(sel.sum()), P), dtype=np.int64)
+            nonzero = np.zeros(len(c), dtype=np.int64)
+            for r in range(P):  # a position's contexts need the token's earlier positions
+                ctx = _NNZ_BUCKET[np.minimum(nonzero, 4)]
+                key = offset + (r * KINDS + kinds[sel]) * COEF_CONTEXTS + ctx
+                c[:, r] = self._decode_runs(dec, "coef", key) - COEF_MAX
+                nonzero += c[:, r] != 0
+            coefs = np.zeros((h * w, P), dtype=np.int64)
+            coefs[sel] = c
             if ref is None:
                 ref = g.copy()
             else:
                 intra = modes == INTRA
                 ref[:, intra] = g[:, intra]
                 prev_moved = modes != SKIP
-            yield g, modes, mv
+            yield g, modes, mv, coefs.reshape(h, w, P)
 
-    def estimate_bits(self, groups: np.ndarray, modes: np.ndarray, mvs: np.ndarray) -> float:
+    def estimate_bits(self, sym: Symbols) -> float:
         """Ideal code length (-log2 p) of a segment under the tables, to compare with real bytes."""
-        ci, cm, cv = count_symbols(groups, modes, mvs, self.codes)
-        S = groups.shape[1]
-        return float((ci[:S] * self.bits[:S]).sum() + (cm * self.mode_bits).sum() + (cv * self.mv_bits).sum())
+        ci, cm, cv, cc = count_symbols(sym, self.codes, qualities=self.qualities)
+        D = sym.indices.shape[1]
+        return float((ci[:D] * self.bits[:D]).sum() + (cm * self.mode_bits).sum() + (cv * self.mv_bits).sum()
+                     + (cc * self.coef_bits).sum())
 
 
 # -- statistics and fitting ---------------------------------------------------------------------
-def new_counts(stages: int, codes: int):
-    return (np.zeros((stages, codes + 2, codes), dtype=np.int64), np.zeros((MODE_CONTEXTS, MODES), dtype=np.int64),
-            np.zeros((MV_CONTEXTS, VECTORS), dtype=np.int64))
+def new_counts(stages: int, codes: int, qualities: int, positions: int):
+    return (np.zeros((stages, codes + 1, codes), dtype=np.int64), np.zeros((MODE_CONTEXTS, MODES), dtype=np.int64),
+            np.zeros((MV_CONTEXTS, VECTORS), dtype=np.int64),
+            np.zeros((qualities, positions, KINDS, COEF_CONTEXTS, COEF_SYMBOLS), dtype=np.int64))
 
 
-def count_symbols(groups: np.ndarray, modes: np.ndarray, mvs: np.ndarray, codes: int, counts=None):
-    """Accumulate (index counts (S', K+2, K), mode counts (MODE_CONTEXTS, 3), vector counts
-    (MV_CONTEXTS, VECTORS)) over one segment, in exactly the contexts the coder uses; S' >= the
-    segment's stages when `counts` is given."""
-    G, S, h, w = groups.shape
+def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None = None):
+    """Accumulate (index counts (D', K+1, K), mode counts (MODE_CONTEXTS, 3), vector counts
+    (MV_CONTEXTS, VECTORS), coefficient counts (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS))
+    over one segment, in exactly the contexts the coder uses; D' >= the segment's depth when
+    `counts` is given, `qualities` when it is not."""
+    G, D, h, w = sym.indices.shape
     if counts is None:
-        counts = new_counts(S, codes)
-    ci, cm, cv = counts
-    rows = codes + 2
-    for keys, side, g in _walk(groups, modes, mvs, codes):
-        for kind, k, sym in side:
+        counts = new_counts(D, codes, qualities or sym.quality, sym.coefs.shape[-1])
+    ci, cm, cv, cc = counts
+    rows = codes + 1
+    per_quality = cc[0].size // COEF_SYMBOLS
+    for keys, side, g, kinds, coefs in _walk(sym, codes):
+        for kind, k, s in side:
             c = cm if kind == "mode" else cv
-            c += np.bincount(k * c.shape[1] + sym, minlength=c.size).reshape(c.shape)
+            c += np.bincount(k * c.shape[1] + s, minlength=c.size).reshape(c.shape)
         coded = keys >= 0
-        ci[:S] += np.bincount(keys[coded] * codes + g[coded], minlength=S * rows * codes).reshape(S, rows, codes)
-    return ci, cm, cv
+        ci[:D] += np.bincount(keys[coded] * codes + g[coded], minlength=D * rows * codes).reshape(D, rows, codes)
+        kinds, c = _coded_coefs(kinds, coefs)
+        if len(c):
+            k = coef_keys(kinds, coef_contexts(c)) * COEF_SYMBOLS + c + COEF_MAX
+            cc[sym.quality - 1] += np.bincount(k.reshape(-1), minlength=per_quality * COEF_SYMBOLS
+                                               ).reshape(cc.shape[1:])
+    return ci, cm, cv, cc
 
 
 def quantise_rows(p: np.ndarray, precision: int = PRECISION) -> np.ndarray:
@@ -268,14 +348,20 @@ def quantise_rows(p: np.ndarray, precision: int = PRECISION) -> np.ndarray:
     return f
 
 
+def _shrunk(c: np.ndarray, marg: np.ndarray, prior: float) -> np.ndarray:
+    """Rows of counts -> probabilities, each shrunk toward `marg` (a row of probabilities)."""
+    return (c + prior * marg) / (c.sum(-1, keepdims=True) + prior)
+
+
 def fit_tables(counts, prior: float = 16.0) -> tuple[torch.Tensor, ...]:
-    """(index, mode, vector counts) -> int32 (tables, mode_tables, mv_tables): each index row
-    shrunk toward its stage's marginal, mode and vector rows toward uniform."""
-    ci, cm, cv = counts
-    marg = ci.sum(1, keepdims=True).astype(np.float64) + 1.0
-    marg /= marg.sum(-1, keepdims=True)
-    n = ci.sum(-1, keepdims=True)
-    p = (ci + prior * marg) / (n + prior)
+    """(index, mode, vector, coefficient counts) -> int32 (tables, mode_tables, mv_tables,
+    coef_tables): each index row shrunk toward its stage's marginal, each coefficient row toward
+    its position's (over contexts), mode and vector rows toward uniform."""
+    ci, cm, cv, cc = counts
+    norm = lambda m: m / m.sum(-1, keepdims=True)
+    marg = norm(ci.sum(1, keepdims=True).astype(np.float64) + 1.0)
+    cmarg = norm(cc.sum(3, keepdims=True).astype(np.float64) + 0.05)
     rows = lambda c: torch.from_numpy(quantise_rows((c + 0.5) / (c.sum(-1, keepdims=True) + 0.5 * c.shape[-1]))
                                       .astype(np.int32))
-    return torch.from_numpy(quantise_rows(p).astype(np.int32)), rows(cm), rows(cv)
+    as_table = lambda p: torch.from_numpy(quantise_rows(p).astype(np.int32))
+    return as_table(_shrunk(ci, marg, prior)), rows(cm), rows(cv), as_table(_shrunk(cc, cmarg, prior))

@@ -4,15 +4,17 @@ Layout of the dict saved with torch.save (loaded with weights_only=True):
   format: "vqcodec-model", version: 1,
   config: ModelConfig as a dict (the file rebuilds its own network),
   state_dict: the network's weights and codebooks,
-  tables: int32 tensor (stages, codes + 2, codes) of index frequencies, and
-  mode_tables: int32 tensor (mode contexts, 3) of token-mode frequencies, and
-  mv_tables: int32 tensor (vector contexts, vectors) of motion-vector frequencies (see entropy.py);
-          all three absent in a training checkpoint,
+  tables: int32 tensor (VQ stages coded, codes + 1, codes) of index frequencies,
+  mode_tables: int32 tensor (mode contexts, 3) of token-mode frequencies,
+  mv_tables: int32 tensor (vector contexts, vectors) of motion-vector frequencies, and
+  coef_tables: int32 tensor (qualities, coefficients, kinds, contexts, values) of scalar
+          coefficient frequencies (see entropy.py); all four absent in a training checkpoint,
   meta: free-form training facts (data, steps, hardware) for humans.
 The fingerprint is the first 16 bytes of SHA-256 over the config, every tensor (sorted by
 name, little-endian bytes) and the tables; a .vqv file records it and decode checks it.
-Version 2 added the mode and vector tables; version-1 files (vqcodec 0.1) still load as training starting
-points (--init), not as codec models.
+Version 2 added the mode and vector tables, version 3 the coefficient tables (.vqv format 3).
+Older files still load as training starting points (--init), or to refit their tables, not as
+codec models.
 """
 from __future__ import annotations
 
@@ -29,9 +31,9 @@ from .errors import VqvError
 from .model import ModelConfig, VQVAE
 
 FORMAT = "vqcodec-model"
-VERSION = 2
-Tables = tuple  # (index, mode, vector tables), int32 tensors
-TABLE_NAMES = ("tables", "mode_tables", "mv_tables")
+VERSION = 3
+Tables = tuple  # (index, mode, vector, coefficient tables), int32 tensors
+TABLE_NAMES = ("tables", "mode_tables", "mv_tables", "coef_tables")
 DEFAULT_NAME = "default.pt"
 
 
@@ -105,8 +107,9 @@ def load_model(path: Path | None = None, device: str = "cpu", need_tables: bool 
     net.eval().to(device)
     tables = tuple(raw[name] for name in TABLE_NAMES) if all(name in raw for name in TABLE_NAMES) else None
     if need_tables and raw.get("version", 0) < VERSION:
-        raise VqvError(f"{path}: a model file of vqcodec 0.1 (format {raw.get('version')}); its entropy tables "
-                       "predate the token modes: start a training from it with --init")
+        raise VqvError(f"{path}: a model file of an earlier vqcodec (version {raw.get('version')}); its entropy "
+                       "tables predate .vqv format 3: refit them (scripts/train_default.py --tables-only) or "
+                       "start a training from it with --init")
     if need_tables and tables is None:
         raise VqvError(f"{path}: a training checkpoint without entropy tables; finalise it first "
                        "(vqcodec train writes finished models)")

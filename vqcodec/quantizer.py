@@ -138,3 +138,47 @@ class ResidualVQ(nn.Module):
             p = p / p.sum()
             out.append(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
         return torch.stack(out)
+
+
+# -- scalar residual layer ----------------------------------------------------------------------
+# Beyond its first stages, residual VQ buys little: each further stage costs ~8 bits per token
+# (its codes are used nearly uniformly) for ~0.5 dB.  The codec therefore codes what the first
+# stages leave, and the change a later group makes to its prediction, as scalar-quantised
+# coefficients of an orthonormal transform of the token: the DCT of each plane's block in each
+# frame, and a DCT across the group's frames.  Low-energy coefficients quantise to zero and cost
+# a fraction of a bit under an entropy model, which a codeword never does.
+def _dct(n: int) -> torch.Tensor:
+    k = torch.arange(n, dtype=torch.float64)
+    m = torch.cos(torch.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * (2.0 / n) ** 0.5
+    m[0] /= 2 ** 0.5
+    return m
+
+
+def tube_basis(patch: int, frames: int) -> torch.Tensor:
+    """Orthonormal (D, D) basis of a token's latent (the to_tubes layout: per frame, p*p luma then
+    two (p/2)^2 chroma values), rows in coding order: temporal frequency, then spatial frequency
+    (in luma cycles), then plane.  coefficients = latent @ basis.T; latent = coefficients @ basis."""
+    c = patch // 2
+    planes = [(patch, 1), (c, 2), (c, 2)]  # (block side, luma pixels per sample)
+    rows, keys = [], []
+    width = patch * patch + 2 * c * c
+    for tf in range(frames):
+        offset = 0
+        for plane, (n, scale) in enumerate(planes):
+            d = _dct(n)
+            for i in range(n):
+                for j in range(n):
+                    spatial = torch.zeros(width, dtype=torch.float64)
+                    spatial[offset:offset + n * n] = torch.outer(d[i], d[j]).reshape(-1)
+                    rows.append(torch.kron(_dct(frames)[tf], spatial))
+                    keys.append((tf, (i + j) * scale, plane, i, j))
+            offset += n * n
+    order = sorted(range(len(rows)), key=keys.__getitem__)
+    return torch.stack([rows[k] for k in order]).float()
+
+
+def scalar_quantise(c: torch.Tensor, step: float, limit: int, deadzone: float = 1 / 6) -> torch.Tensor:
+    """Coefficients -> integers in [-limit, limit]: round to the nearest multiple of `step`, with
+    magnitudes rounded down below (k + 1/2 + deadzone) * step (fewer, cheaper non-zeros)."""
+    q = torch.floor(c.abs() / step + (0.5 - deadzone)).clamp_(max=limit)
+    return (q * torch.sign(c)).to(torch.int64)

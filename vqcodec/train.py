@@ -191,8 +191,8 @@ class TrainResult:
                     f"continue with --resume {self.checkpoint}")
         s = f"trained {self.step} steps in {self.seconds / 60:.1f} min; wrote {self.model} (model {self.fingerprint})"
         if self.validation:
-            s += "; validation " + ", ".join(f"q{q}: {v['psnr_yuv']:.2f} dB ~{v['bpp']:.3f} bpp"
-                                             for q, v in self.validation.items())
+            s += "; validation " + ", ".join(f"depth {d}: {v['psnr_yuv']:.2f} dB ~{v['bpp']:.3f} bpp"
+                                             for d, v in self.validation.items())
         return s
 
 
@@ -270,16 +270,14 @@ def load_validation(folder: Path, patch: int, group: int) -> list[tuple[torch.Te
 
 
 @torch.no_grad()
-def validate(net: VQVAE, val: list[tuple[torch.Tensor, ...]], qualities=(1, 4, 8), device: str = "cpu") -> dict:
-    """PSNR-YUV of the held-out frames at some qualities, and a rate estimate: the sum over stages
-    of the entropy of each stage's index histogram (no context), in bits per pixel."""
-    from .codec import stages_for_quality
-
+def validate(net: VQVAE, val: list[tuple[torch.Tensor, ...]], depths=None, device: str = "cpu") -> dict:
+    """PSNR-YUV of the held-out frames through the network at some VQ depths (default: 1, 2 (the
+    codec's) and all), and a rate estimate: the sum over stages of the entropy of each stage's
+    index histogram (no context), in bits per pixel."""
     net.eval()
     cfg = net.config
     result = {}
-    for q in qualities:
-        depth = stages_for_quality(q, cfg.stages)
+    for depth in depths or sorted({1, min(2, cfg.stages), cfg.stages}):
         psnrs, hist, tokens, pixels = [], torch.zeros(depth, cfg.codes, dtype=torch.float64), 0, 0
         for y, u, v in val:
             y, u, v = y.to(device), u.to(device), v.to(device)
@@ -294,7 +292,7 @@ def validate(net: VQVAE, val: list[tuple[torch.Tensor, ...]], qualities=(1, 4, 8
             pixels += y.numel()
         p = (hist + 1e-9) / hist.sum(1, keepdim=True)
         bits = float(-(p * p.log2()).sum()) * tokens
-        result[q] = {"psnr_yuv": round(sum(psnrs) / len(psnrs), 3), "bpp": round(bits / pixels, 4)}
+        result[depth] = {"psnr_yuv": round(sum(psnrs) / len(psnrs), 3), "bpp": round(bits / pixels, 4)}
     return result
 
 
