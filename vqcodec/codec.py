@@ -29,9 +29,10 @@ from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis
 from .video import Frame, PngWriter, VideoWriter, centre_crop, output_kind, probe, read_frames
 
-# quality -> (residual-VQ stages, step of the scalar coefficients): each step is 1.4x the next, about
-# 3 dB apart where the coefficients dominate; the VQ stages carry the coarse picture.
-QUALITY_LEVELS = ((1, 0.32), (1, 0.228), (1, 0.163), (2, 0.116), (2, 0.083), (2, 0.059), (2, 0.042), (2, 0.03))
+# quality -> (residual-VQ stages, step of the scalar coefficients): each step is 1.5x the next.  Two
+# stages beat one and three above the lowest quality (measured over 34 pairs on the sample clips,
+# BENCHMARKS.md); the coefficients carry everything finer.
+QUALITY_LEVELS = ((1, 0.5), (2, 0.33), (2, 0.22), (2, 0.15), (2, 0.1), (2, 0.066), (2, 0.044), (2, 0.03))
 DEFAULT_QUALITY = 4
 DEFAULT_SEGMENT_FRAMES = 32
 DEFAULT_BATCH = 4  # temporal groups through the network at once
@@ -139,11 +140,16 @@ def to_frames(y, u, v, width: int, height: int, count: int) -> list[Frame]:
 #   SKIP   keeps the prediction (distortion |z - z_pred|^2, almost no bits),
 #   INTER  codes the change z - z_pred as scalar coefficients,
 #   INTRA  codes z afresh: VQ stages, then coefficients of what they leave,
-# with lambda = LAMBDA * step^2 per bit: a uniform quantiser of step s has distortion ~s^2/12 per
-# coefficient and loses 2 ln 2 of it per bit saved.  Distortion is the squared error of the latent,
+# with lambda = LAMBDA * step^2 per bit.  High-rate theory gives 2 ln 2 / 12 = 0.115 (a uniform
+# quantiser's distortion s^2/12 per coefficient, -6 dB per bit); most coefficients here are at low
+# rate, where the curve is flatter, and 0.06 measured best (0.15: +10 % bits at equal PSNR, 0.02:
+# +3 %).  Distortion is the squared error of the latent,
 # which the near-identity decoder carries to the pixels.  Every choice is made against the previous
 # group's *reconstructed* latent, as the decoder has it.
-LAMBDA = 0.15
+LAMBDA = 0.06
+# Coefficients round down below (k + 1/2 + DEADZONE) x step: fewer, cheaper non-zeros (1/3 against
+# 1/6 saves ~3 % at equal PSNR).
+DEADZONE = 1 / 3
 # A token whose source moved less than STILL x its own quantisation error since the previous group
 # is kept (SKIP) whatever coding it would buy: temporal noise below the quality's own noise is
 # not worth coding, and a static scene costs next to nothing after its first group.
@@ -256,12 +262,12 @@ class SegmentCoder:
         for z, planes in groups:
             idx = q.encode(z, stages)
             z_vq = q.decode(idx)
-            c_intra = scalar_quantise((z - z_vq) @ self.basis.t(), step, COEF_MAX)
+            c_intra = scalar_quantise((z - z_vq) @ self.basis.t(), step, COEF_MAX, DEADZONE)
             mode = torch.full((z.shape[0],), INTRA, dtype=torch.uint8, device=z.device)
             mv, z_base, coefs = still, None, c_intra
             if z_prev is not None:
                 mv, z_base = self._predict(z, z_prev, planes, shape)
-                c_inter = scalar_quantise((z - z_base) @ self.basis.t(), step, COEF_MAX)
+                c_inter = scalar_quantise((z - z_base) @ self.basis.t(), step, COEF_MAX, DEADZONE)
                 z_intra = self.rebuild(z_vq, None, mode, c_intra, step)
                 z_inter = z_base + (c_inter.float() * step) @ self.basis
                 d_intra = ((z - z_intra) ** 2).sum(1)
@@ -367,7 +373,7 @@ class SegmentCoder:
         if not 1 <= quality <= min(len(QUALITY_LEVELS), self.coder.qualities) \
                 or stages != stages_for_quality(quality, self.cfg.stages) or stages > self.coder.stages:
             raise FormatError(f"segment quality {quality} with {stages} VQ stages is not a valid operating point")
-        if h * w * (stages + groups - 1) > self.coder.max_symbols(len(payload)):
+        if h * w * (stages + self.cfg.dim + groups - 1) > self.coder.max_symbols(len(payload)):
             raise FormatError("payload is too short for the symbols the header announces")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         frames: list[Frame] = []

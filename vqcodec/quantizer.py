@@ -177,7 +177,7 @@ def tube_basis(patch: int, frames: int) -> torch.Tensor:
     return torch.stack([rows[k] for k in order]).float()
 
 
-def scalar_quantise(c: torch.Tensor, step: float, limit: int, deadzone: float = 1 / 6) -> torch.Tensor:
+def scalar_quantise(c: torch.Tensor, step: float, limit: int, deadzone: float = 1 / 3) -> torch.Tensor:
     """Coefficients -> integers in [-limit, limit]: round to the nearest multiple of `step`, with
     magnitudes rounded down below (k + 1/2 + deadzone) * step (fewer, cheaper non-zeros)."""
     q = torch.floor(c.abs() / step + (0.5 - deadzone)).clamp_(max=limit)
