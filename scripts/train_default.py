@@ -64,7 +64,7 @@ def main() -> int:
         if not (val / name).exists():
             (val / name).symlink_to((args.clips / "more" / name).resolve())
     if args.tables_only:
-        return refit(args.work / "default.ckpt", args.out, data)
+        return refit(args.work / "default.ckpt", args.out, data, val)
     ckpt = args.work / "default.ckpt"
     cmd = ["train", str(data), "-o", str(args.work / "default.pt"), "--checkpoint", str(ckpt), "-y",
            "--steps", str(args.steps), "--val", str(val)]
@@ -83,15 +83,16 @@ def main() -> int:
     return code
 
 
-def refit(ckpt: Path, out: Path, data: Path) -> int:
+def refit(ckpt: Path, out: Path, data: Path, val: Path) -> int:
     """Fit the entropy tables of a checkpoint's network anew and write the model (after a change
-    to the context model, or to finish a run whose own fitting was interrupted)."""
+    to the context model, or to finish a run whose own fitting was interrupted); the held-out
+    validation is measured again, as `vqcodec train` measures it now."""
     import time
 
     import torch
     from vqcodec.codec import fit_model_tables
     from vqcodec.modelfile import load_model, save_model
-    from vqcodec.train import TrainOptions, find_clips
+    from vqcodec.train import TrainOptions, find_clips, load_validation, validate
 
     t0 = time.time()
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -100,8 +101,8 @@ def refit(ckpt: Path, out: Path, data: Path) -> int:
     tables = fit_model_tables(cm.net, [Path(s.path) for s in find_clips(data)], frames=frames)
     meta = {**cm.meta, "steps": raw["step"], "train": raw.get("train"), "wall_s": round(raw.get("wall_s", 0)),
             "tables_s": round(time.time() - t0),
-            "validation": (raw.get("history") or [{}])[-1].get("val", {})}
-    meta["validation"] = {str(k): v for k, v in meta["validation"].items()}
+            "validation": {f"depth {k}": v for k, v in validate(
+                cm.net, load_validation(val, cm.config.patch, cm.config.frames)).items()}}
     fp = save_model(out, cm.net, tables, meta)
     print(f"wrote {out}: model {fp.hex()}, tables fitted in {time.time() - t0:.0f} s")
     return 0

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from vqcodec.quantizer import ResidualVQ
+from vqcodec.model import from_tubes, to_tubes
+from vqcodec.quantizer import ResidualVQ, scalar_quantise, tube_basis
 
 
 def data(n=4000, d=8, seed=0):
@@ -51,3 +52,47 @@ def test_quantizer_dropout_masks_depth_per_vector():
     zq, idx, _ = q(x, depth)
     assert torch.allclose(zq[:50], q.decode(idx[:1, :50]), atol=1e-6)
     assert torch.allclose(zq[50:], q.decode(idx[:, 50:]), atol=1e-6)
+
+
+# -- the scalar coefficient layer ------------------------------------------------------------------
+def test_tube_basis_is_orthonormal_and_starts_with_the_dc_of_each_plane():
+    B = tube_basis(4, 2)
+    assert B.shape == (48, 48)
+    assert torch.allclose(B @ B.t(), torch.eye(48), atol=1e-5)
+    # a flat grey group has only its three DCs (Y, U, V of temporal frequency 0) non-zero
+    y = torch.full((1, 2, 8, 8), 0.7)
+    u = torch.full((1, 2, 4, 4), 0.3)
+    v = torch.full((1, 2, 4, 4), 0.6)
+    tokens = to_tubes(y, u, v, 4).permute(0, 2, 3, 1).reshape(-1, 48)
+    c = tokens @ B.t()
+    assert c[:, 3:].abs().max() < 1e-5 and c[:, :3].abs().min() > 0.05
+
+
+def test_tube_basis_orders_coefficients_from_coarse_to_fine():
+    """A smooth picture (a gentle ramp, still over time) puts its energy in the first positions."""
+    B = tube_basis(4, 2)
+    ramp = torch.linspace(0.2, 0.8, 16)
+    y = (ramp[None, :] * 0.5 + ramp[:, None] * 0.5).expand(1, 2, 16, 16)
+    u = torch.full((1, 2, 8, 8), 0.5)
+    tokens = to_tubes(y, u, u, 4).permute(0, 2, 3, 1).reshape(-1, 48)
+    energy = ((tokens - tokens.mean(0)) @ B.t()).pow(2).sum(0)
+    assert energy[:12].sum() > 0.99 * energy.sum()
+
+
+def test_tube_coefficients_reconstruct_the_planes():
+    g = torch.Generator().manual_seed(1)
+    y, u, v = torch.rand(1, 2, 8, 12, generator=g), torch.rand(1, 2, 4, 6, generator=g), torch.rand(1, 2, 4, 6, generator=g)
+    B = tube_basis(4, 2)
+    x = to_tubes(y, u, v, 4)
+    flat = x.permute(0, 2, 3, 1).reshape(-1, 48)
+    back = (flat @ B.t() @ B).reshape(1, 2, 3, 48).permute(0, 3, 1, 2)
+    for a, b in zip(from_tubes(back, 2, 4), (y, u, v)):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_scalar_quantise_rounds_with_a_dead_zone_and_clips():
+    c = torch.tensor([0.0, 0.8, 0.84, -0.84, 1.9, -30.0])
+    q = scalar_quantise(c, 1.0, 24, deadzone=1 / 3)
+    assert q.tolist() == [0, 0, 1, -1, 2, -24]  # 0.8 < 1/2 + 1/3: zero; 0.84 above it: one
+    assert scalar_quantise(torch.tensor([0.6]), 1.0, 24, deadzone=0.0).tolist() == [1]
+    assert q.dtype == torch.int64

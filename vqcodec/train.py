@@ -479,7 +479,7 @@ def train_model(clips_dir: Path, out: Path, *, options: TrainOptions = TrainOpti
             log({"phase": "tables", "clips": len(sources)})
         tables = fit_model_tables(net, [Path(s.path) for s in sources], frames=opts.table_frames, device=device)
         meta.update({"steps": step, "train": _options_dict(opts), "wall_s": round(wall + time.time() - run_start),
-                     "validation": {str(k): v for k, v in validation.items()}})
+                     "validation": {f"depth {k}": v for k, v in validation.items()}})
         fp = save_model(out, net.cpu(), tables, meta)
         result = replace(result, model=out, fingerprint=fp.hex(), validation=validation)
     if world > 1:
