@@ -151,8 +151,9 @@ LAMBDA = 0.06
 # 1/6 saves ~3 % at equal PSNR).
 DEADZONE = 1 / 3
 # A token whose source moved less than STILL x its own quantisation error since the previous group
-# is kept (SKIP) whatever coding it would buy: temporal noise below the quality's own noise is
-# not worth coding, and a static scene costs next to nothing after its first group.
+# is kept (SKIP) whatever coding it would buy, and a block of such tokens keeps no vector: temporal
+# noise below the quality's own noise is not worth coding, and a static scene costs next to
+# nothing after its first group (each later group one static flag).
 STILL = 0.25
 # A block moves only when its motion-compensated latent is at least this much closer to the source
 # than its still one (the search itself compares pixels, which noise can fool).
@@ -237,15 +238,17 @@ class SegmentCoder:
         return torch.where(moving[:, None], z_mc, z_prev)
 
     def _predict(self, z: torch.Tensor, z_prev: torch.Tensor, planes: tuple[torch.Tensor, ...],
-                 shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's motion: (vectors, prediction) for the group of latent z."""
+                 shape: tuple[int, int], still: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's motion: (vectors, prediction) for the group of latent z; blocks whose
+        tokens are all `still` stand still."""
         recon = self.planes(z_prev, shape)
         mv = motion.search(planes[0], recon[0], self.cfg.patch)
         z_base = self.base(z_prev, recon, mv, shape)
         if bool((mv != motion.ZERO).any()):  # keep a vector only where it predicts the latent better
             moved_err = motion.block_sums(((z - z_base) ** 2).sum(1), shape)
             still_err = motion.block_sums(((z - z_prev) ** 2).sum(1), shape)
-            kept = torch.where(moved_err < MC_GAIN * still_err, mv, motion.ZERO)
+            moving = (moved_err < MC_GAIN * still_err) & (motion.block_sums((~still).float(), shape) > 0)
+            kept = torch.where(moving, mv, motion.ZERO)
             if not torch.equal(kept, mv):  # the encoder network sees across blocks: predict again
                 mv, z_base = kept, self.base(z_prev, recon, kept, shape)
         return mv, z_base
@@ -266,11 +269,11 @@ class SegmentCoder:
             mode = torch.full((z.shape[0],), INTRA, dtype=torch.uint8, device=z.device)
             mv, z_base, coefs = still, None, c_intra
             if z_prev is not None:
-                mv, z_base = self._predict(z, z_prev, planes, shape)
+                d_intra = ((z - self.rebuild(z_vq, None, mode, c_intra, step)) ** 2).sum(1)
+                still_tok = ((z - z_src) ** 2).sum(1) <= STILL * d_intra
+                mv, z_base = self._predict(z, z_prev, planes, shape, still_tok)
                 c_inter = scalar_quantise((z - z_base) @ self.basis.t(), step, COEF_MAX, DEADZONE)
-                z_intra = self.rebuild(z_vq, None, mode, c_intra, step)
                 z_inter = z_base + (c_inter.float() * step) @ self.basis
-                d_intra = ((z - z_intra) ** 2).sum(1)
                 costs = torch.stack([
                     d_intra + lam * (self._index_rate(idx, ref) + self._coef_rate(c_intra, 0, quality)),
                     ((z - z_base) ** 2).sum(1),
@@ -278,7 +281,7 @@ class SegmentCoder:
                 if self._mode_bits is not None:  # the modes' own bits, in their pass-A contexts
                     costs += lam * self._mode_bits[self._mode_context(moved, shape)].t()
                 best = costs.argmin(0)
-                best[((z - z_src) ** 2).sum(1) <= STILL * d_intra] = SKIP
+                best[still_tok] = SKIP
                 mode = best.to(torch.uint8)
                 coefs = torch.where((best == INTRA)[:, None], c_intra,
                                     torch.where((best == INTER)[:, None], c_inter, 0))
@@ -373,7 +376,7 @@ class SegmentCoder:
         if not 1 <= quality <= min(len(QUALITY_LEVELS), self.coder.qualities) \
                 or stages != stages_for_quality(quality, self.cfg.stages) or stages > self.coder.stages:
             raise FormatError(f"segment quality {quality} with {stages} VQ stages is not a valid operating point")
-        if h * w * (stages + self.cfg.dim + groups - 1) > self.coder.max_symbols(len(payload)):
+        if h * w * (stages + self.cfg.dim) + groups - 1 > self.coder.max_symbols(len(payload)):
             raise FormatError("payload is too short for the symbols the header announces")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         frames: list[Frame] = []
@@ -675,7 +678,8 @@ def fit_model_tables(net, paths: list[Path], *, frames: int = 32, segment_frames
     (centre crops) are coded segment by segment exactly as encode codes them, at every quality;
     the symbols are counted in their contexts and the counts quantised to integer tables.  The
     mode decisions weigh rates from the tables, so each further round refits on the decisions
-    the previous round's tables lead to.  Returns the tables (index, mode, vector, coefficient)."""
+    the previous round's tables lead to.  Returns the tables (index, mode, vector, coefficient,
+    static flag)."""
     from .entropy import count_symbols, fit_tables, new_counts
 
     clips = [[centre_crop(f, *FIT_SIDE) for f in read_frames(Path(p), limit=frames)] for p in paths]
@@ -701,7 +705,7 @@ def inspect_model(path: Path) -> dict:
     meta = dict(cm.meta)
     d = {"model": cm.fingerprint.hex(), "path": str(cm.path), "architecture": cm.config.to_dict(),
          "parameters": sum(p.numel() for p in cm.net.parameters()),
-         "tables": (", ".join(f"{name} {list(t.shape)}" for name, t in zip(("index", "mode", "vector", "coefficient"),
+         "tables": (", ".join(f"{name} {list(t.shape)}" for name, t in zip(("index", "mode", "vector", "coefficient", "static"),
                                                                        cm.tables)) if cm.tables is not None
                     else "none (a training checkpoint)")}
     for key in ("steps", "wall_s", "device", "world", "validation", "train"):

@@ -1,7 +1,9 @@
 """Context model and entropy coder: integer probability tables + constriction's range coder.
 
 A segment is a sequence of temporal groups; each group is a grid of h x w tokens.  The first
-group codes every token *intra*.  In every later group each token has a *mode*:
+group codes every token *intra*.  Every later group starts with a *static* flag: 1 when the
+whole group is unchanged (every token SKIP, every block still), and then nothing else is coded for
+it; 0 otherwise, and then each token has a *mode*:
   INTRA (0): coded afresh: its D residual-VQ indices, then the scalar coefficients of what
              those stages leave (quantizer.tube_basis, quantizer.scalar_quantise);
   SKIP  (1): nothing more: the token keeps its prediction;
@@ -12,6 +14,8 @@ motion vector per block of tokens (motion.py).  Which vectors and modes the toke
 encoder's choice (codec.py); the decoder only reads them.
 
 Contexts (all discrete, all from data the decoder already has):
+  - the static flag: 0 when the previous group was static, 1 when it was not, 2 when it is the
+    segment's first;
   - vectors: 0 when the same block of the previous group stood still, 1 when it moved, 2 when
     the previous group is the segment's first (it has no vectors);
   - modes, in two checkerboard passes so that both stay one call per table:
@@ -31,12 +35,13 @@ zero, cost little more.
 Tables are integer frequencies; every entry >= 1, every row sums to 2**PRECISION:
   ``tables`` int32 (D, K + 1, K) for indices, ``mode_tables`` int32 (MODE_CONTEXTS, 3) for modes,
   ``mv_tables`` int32 (MV_CONTEXTS, motion.VECTORS) for vectors, ``coef_tables`` int32
-  (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS) for coefficients (symbol = value + COEF_MAX).
+  (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS) for coefficients (symbol = value + COEF_MAX),
+  ``static_tables`` int32 (STATIC_CONTEXTS, 2) for the static flags.
 They are fitted after training (``fit_tables``) and stored in the model file, so the encoder
 and the decoder use the same integers on every device: the row ``freq / 2**16`` is exact in
 float64, and constriction quantises it deterministically.
 
-Coding order inside a group: vectors grouped by context (ascending), pass-A modes grouped by
+Coding order inside a later group: its static flag, then (when 0) the vectors grouped by context (ascending), pass-A modes grouped by
 context, pass-B modes likewise, the indices grouped by key = stage * (K + 1) + context
 (ascending), then the coefficients position by position (each position's grouped by kind, then
 context), raster order inside every group of symbols.  Each group of symbols sharing a table is
@@ -60,6 +65,7 @@ MODE_FIRST = 10        # pass-A context when the previous group has no modes
 MODE_B = 11            # first pass-B context
 MODE_CONTEXTS = 26
 MV_CONTEXTS = 3
+STATIC_CONTEXTS = 3
 COEF_MAX = 24          # coefficients are integers in [-COEF_MAX, COEF_MAX]
 COEF_SYMBOLS = 2 * COEF_MAX + 1
 KINDS = 2              # coefficients of an intra token (0) or of an inter change (1)
@@ -155,6 +161,7 @@ def _walk(sym: Symbols, codes: int):
     G, D, h, w = sym.indices.shape
     odd = parity(h, w)
     ref = prev_moved = prev_mv = None
+    prev_static = 2
     for i, g in enumerate(sym.indices):
         if ref is None:
             yield index_keys(None, None, g.shape, codes), [], g, coef_kinds(None, (h, w)), sym.coefs[i]
@@ -162,8 +169,15 @@ def _walk(sym: Symbols, codes: int):
             continue
         m = sym.modes[i].astype(np.int64)
         mv = sym.vectors[i].astype(np.int64)
+        static = bool((m == SKIP).all() and (mv == ZERO).all())
+        flag = ("static", np.array([prev_static]), np.array([int(static)]))
+        prev_static = 0 if static else 1
+        if static:
+            yield np.full(g.shape, -1), [flag], g, np.full((h, w), -1), sym.coefs[i]
+            prev_moved, prev_mv = m != SKIP, mv
+            continue
         moved_a = (m != SKIP) & ~odd
-        side = [("mv", mv_contexts(prev_mv, mv.shape).reshape(-1), mv.reshape(-1)),
+        side = [flag, ("mv", mv_contexts(prev_mv, mv.shape).reshape(-1), mv.reshape(-1)),
                 ("mode", mode_contexts_a(prev_moved, h, w)[~odd], m[~odd]),
                 ("mode", mode_contexts_b(moved_a, prev_moved)[odd], m[odd])]
         yield index_keys(ref, m, g.shape, codes), side, g, coef_kinds(m, (h, w)), sym.coefs[i]
@@ -191,10 +205,10 @@ def _runs(keys: np.ndarray):
 
 
 class EntropyCoder:
-    def __init__(self, tables, mode_tables, mv_tables, coef_tables):
+    def __init__(self, tables, mode_tables, mv_tables, coef_tables, static_tables):
         as_np = lambda t: (t.cpu().numpy() if torch.is_tensor(t) else np.asarray(t)).astype(np.int64)
-        self.tables, self.mode_tables, self.mv_tables, self.coef_tables = (
-            as_np(tables), as_np(mode_tables), as_np(mv_tables), as_np(coef_tables))
+        self.tables, self.mode_tables, self.mv_tables, self.coef_tables, self.static_tables = (
+            as_np(tables), as_np(mode_tables), as_np(mv_tables), as_np(coef_tables), as_np(static_tables))
         self.stages, _, self.codes = self.tables.shape
         self.qualities, self.positions = self.coef_tables.shape[:2]
         self._rows = self.tables.reshape(-1, self.codes)
@@ -202,10 +216,12 @@ class EntropyCoder:
         self._per_quality = self.positions * KINDS * COEF_CONTEXTS
         self._models: dict[tuple[str, int], object] = {}
         bits = lambda t: -np.log2(t / float(1 << PRECISION))  # ideal code lengths
-        self.bits, self.mode_bits, self.mv_bits, self.coef_bits = (
-            bits(self.tables), bits(self.mode_tables), bits(self.mv_tables), bits(self.coef_tables))
+        self.bits, self.mode_bits, self.mv_bits, self.coef_bits, self.static_bits = (
+            bits(self.tables), bits(self.mode_tables), bits(self.mv_tables), bits(self.coef_tables),
+            bits(self.static_tables))
         # the cheapest possible symbol: bounds how many symbols a payload of n bytes can hold
-        self.min_bits = float(min(t.min() for t in (self.bits, self.mode_bits, self.mv_bits, self.coef_bits)))
+        self.min_bits = float(min(t.min() for t in (self.bits, self.mode_bits, self.mv_bits, self.coef_bits,
+                                                    self.static_bits)))
 
     def max_symbols(self, payload_bytes: int) -> int:
         return int(8 * (payload_bytes + 8) / max(self.min_bits, 1e-6)) + 64
@@ -213,7 +229,8 @@ class EntropyCoder:
     def _model(self, kind: str, key: int):
         m = self._models.get((kind, key))
         if m is None:
-            rows = {"mode": self.mode_tables, "mv": self.mv_tables, "index": self._rows, "coef": self._coef_rows}
+            rows = {"mode": self.mode_tables, "mv": self.mv_tables, "index": self._rows, "coef": self._coef_rows,
+                    "static": self.static_tables}
             m = constriction.stream.model.Categorical(rows[kind][key].astype(np.float64) / float(1 << PRECISION),
                                                       perfect=False)
             self._models[(kind, key)] = m
@@ -267,8 +284,17 @@ class EntropyCoder:
         P = self.positions
         odd = parity(h, w)
         ref = prev_moved = modes = mv = None
+        prev_static = 2
         for _ in range(n_groups):
+            if ref is not None and self._decode_runs(dec, "static", np.array([prev_static]))[0]:
+                prev_static = 0
+                modes = np.full((h, w), SKIP, dtype=np.int64)
+                mv = np.full(mv_shape, ZERO, dtype=np.int64)
+                prev_moved = np.zeros((h, w), dtype=bool)
+                yield np.zeros(shape, dtype=np.int64), modes, mv, np.zeros((h, w, P), dtype=np.int64)
+                continue
             if ref is not None:
+                prev_static = 1
                 mv = self._decode_runs(dec, "mv", mv_contexts(mv, mv_shape).reshape(-1)).reshape(mv_shape)
                 modes = np.zeros((h, w), dtype=np.int64)
                 modes[~odd] = self._decode_runs(dec, "mode", mode_contexts_a(prev_moved, h, w)[~odd])
@@ -299,33 +325,35 @@ class EntropyCoder:
 
     def estimate_bits(self, sym: Symbols) -> float:
         """Ideal code length (-log2 p) of a segment under the tables, to compare with real bytes."""
-        ci, cm, cv, cc = count_symbols(sym, self.codes, qualities=self.qualities)
+        ci, cm, cv, cc, cs = count_symbols(sym, self.codes, qualities=self.qualities)
         D = sym.indices.shape[1]
         return float((ci[:D] * self.bits[:D]).sum() + (cm * self.mode_bits).sum() + (cv * self.mv_bits).sum()
-                     + (cc * self.coef_bits).sum())
+                     + (cc * self.coef_bits).sum() + (cs * self.static_bits).sum())
 
 
 # -- statistics and fitting ---------------------------------------------------------------------
 def new_counts(stages: int, codes: int, qualities: int, positions: int):
     return (np.zeros((stages, codes + 1, codes), dtype=np.int64), np.zeros((MODE_CONTEXTS, MODES), dtype=np.int64),
             np.zeros((MV_CONTEXTS, VECTORS), dtype=np.int64),
-            np.zeros((qualities, positions, KINDS, COEF_CONTEXTS, COEF_SYMBOLS), dtype=np.int64))
+            np.zeros((qualities, positions, KINDS, COEF_CONTEXTS, COEF_SYMBOLS), dtype=np.int64),
+            np.zeros((STATIC_CONTEXTS, 2), dtype=np.int64))
 
 
 def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None = None):
     """Accumulate (index counts (D', K+1, K), mode counts (MODE_CONTEXTS, 3), vector counts
-    (MV_CONTEXTS, VECTORS), coefficient counts (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS))
+    (MV_CONTEXTS, VECTORS), coefficient counts (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS),
+    static-flag counts (STATIC_CONTEXTS, 2))
     over one segment, in exactly the contexts the coder uses; D' >= the segment's depth when
     `counts` is given, `qualities` when it is not."""
     G, D, h, w = sym.indices.shape
     if counts is None:
         counts = new_counts(D, codes, qualities or sym.quality, sym.coefs.shape[-1])
-    ci, cm, cv, cc = counts
+    ci, cm, cv, cc, cs = counts
     rows = codes + 1
     per_quality = cc[0].size // COEF_SYMBOLS
     for keys, side, g, kinds, coefs in _walk(sym, codes):
         for kind, k, s in side:
-            c = cm if kind == "mode" else cv
+            c = {"mode": cm, "mv": cv, "static": cs}[kind]
             c += np.bincount(k * c.shape[1] + s, minlength=c.size).reshape(c.shape)
         coded = keys >= 0
         ci[:D] += np.bincount(keys[coded] * codes + g[coded], minlength=D * rows * codes).reshape(D, rows, codes)
@@ -334,7 +362,7 @@ def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None =
             k = coef_keys(kinds, coef_contexts(c)) * COEF_SYMBOLS + c + COEF_MAX
             cc[sym.quality - 1] += np.bincount(k.reshape(-1), minlength=per_quality * COEF_SYMBOLS
                                                ).reshape(cc.shape[1:])
-    return ci, cm, cv, cc
+    return ci, cm, cv, cc, cs
 
 
 def quantise_rows(p: np.ndarray, precision: int = PRECISION) -> np.ndarray:
@@ -354,14 +382,14 @@ def _shrunk(c: np.ndarray, marg: np.ndarray, prior: float) -> np.ndarray:
 
 
 def fit_tables(counts, prior: float = 16.0) -> tuple[torch.Tensor, ...]:
-    """(index, mode, vector, coefficient counts) -> int32 (tables, mode_tables, mv_tables,
-    coef_tables): each index row shrunk toward its stage's marginal, each coefficient row toward
-    its position's (over contexts), mode and vector rows toward uniform."""
-    ci, cm, cv, cc = counts
+    """(index, mode, vector, coefficient, static-flag counts) -> int32 (tables, mode_tables,
+    mv_tables, coef_tables, static_tables): each index row shrunk toward its stage's marginal, each
+    coefficient row toward its position's (over contexts), the other rows toward uniform."""
+    ci, cm, cv, cc, cs = counts
     norm = lambda m: m / m.sum(-1, keepdims=True)
     marg = norm(ci.sum(1, keepdims=True).astype(np.float64) + 1.0)
     cmarg = norm(cc.sum(3, keepdims=True).astype(np.float64) + 0.05)
     rows = lambda c: torch.from_numpy(quantise_rows((c + 0.5) / (c.sum(-1, keepdims=True) + 0.5 * c.shape[-1]))
                                       .astype(np.int32))
     as_table = lambda p: torch.from_numpy(quantise_rows(p).astype(np.int32))
-    return as_table(_shrunk(ci, marg, prior)), rows(cm), rows(cv), as_table(_shrunk(cc, cmarg, prior))
+    return as_table(_shrunk(ci, marg, prior)), rows(cm), rows(cv), as_table(_shrunk(cc, cmarg, prior)), rows(cs)

@@ -8,11 +8,14 @@ Layout of the dict saved with torch.save (loaded with weights_only=True):
   mode_tables: int32 tensor (mode contexts, 3) of token-mode frequencies,
   mv_tables: int32 tensor (vector contexts, vectors) of motion-vector frequencies, and
   coef_tables: int32 tensor (qualities, coefficients, kinds, contexts, values) of scalar
-          coefficient frequencies (see entropy.py); all four absent in a training checkpoint,
+          coefficient frequencies, and
+  static_tables: int32 tensor (contexts, 2) of static-group flags (see entropy.py);
+          all five absent in a training checkpoint,
   meta: free-form training facts (data, steps, hardware) for humans.
 The fingerprint is the first 16 bytes of SHA-256 over the config, every tensor (sorted by
 name, little-endian bytes) and the tables; a .vqv file records it and decode checks it.
-Version 2 added the mode and vector tables, version 3 the coefficient tables (.vqv format 3).
+Version 2 added the mode and vector tables, version 3 the coefficient and static-flag tables
+(.vqv format 3).
 Older files still load as training starting points (--init), or to refit their tables, not as
 codec models.
 """
@@ -32,8 +35,8 @@ from .model import ModelConfig, VQVAE
 
 FORMAT = "vqcodec-model"
 VERSION = 3
-Tables = tuple  # (index, mode, vector, coefficient tables), int32 tensors
-TABLE_NAMES = ("tables", "mode_tables", "mv_tables", "coef_tables")
+Tables = tuple  # (index, mode, vector, coefficient, static-flag tables), int32 tensors
+TABLE_NAMES = ("tables", "mode_tables", "mv_tables", "coef_tables", "static_tables")
 DEFAULT_NAME = "default.pt"
 
 
