@@ -178,7 +178,8 @@ def test_the_decoder_rebuilds_exactly_what_the_encoder_predicted_from(make_clip,
     frames = [type(f)(np.roll(f.y, -4 * i, 1), np.roll(f.u, -2 * i, 1), np.roll(f.v, -2 * i, 1))
               for i, f in enumerate([frames[0]] * 8)]
     coder = SegmentCoder(model, "cpu")
-    sym = coder.symbols(frames, 5)
+    latents = []
+    sym = coder.decide(coder.analyse(frames), 5, coder.grid(frames), latents)
     assert (sym.vectors[1:] != motion.ZERO).any()  # the pan is found
     assert (sym.modes[1:] != 0).mean() > 0.5   # and most tokens are predicted from it, not coded afresh
     words = coder.coder.encode(sym)
@@ -190,6 +191,7 @@ def test_the_decoder_rebuilds_exactly_what_the_encoder_predicted_from(make_clip,
     theirs = list(coder.reconstruct(decoded, step))
     assert all(torch.equal(a[0], b[0]) and all(torch.equal(p, q) for p, q in zip(a[1], b[1]))
                for a, b in zip(ours, theirs))
+    assert len(latents) == len(theirs) and all(torch.equal(z, b[0]) for z, b in zip(latents, theirs))
     back = [f for _, planes in theirs for f in
             __import__("vqcodec.codec", fromlist=["to_frames"]).to_frames(*(p[None] for p in planes), 96, 64, 2)]
     assert sequence_quality(frames, back).psnr_yuv > 28.0

@@ -254,8 +254,10 @@ class SegmentCoder:
         return mv, z_base
 
     @torch.no_grad()
-    def decide(self, groups: Iterable[tuple[torch.Tensor, tuple]], quality: int, shape: tuple[int, int]) -> Symbols:
-        """Indices, modes, vectors and coefficients, group after group, at one quality."""
+    def decide(self, groups: Iterable[tuple[torch.Tensor, tuple]], quality: int, shape: tuple[int, int],
+               latents: list | None = None) -> Symbols:
+        """Indices, modes, vectors and coefficients, group after group, at one quality; each
+        group's reconstructed latent (what the next is predicted from) is appended to `latents`."""
         q = self.net.quantizer
         stages, step = stages_for_quality(quality, self.cfg.stages), step_for_quality(quality)
         lam = LAMBDA * step * step
@@ -291,6 +293,8 @@ class SegmentCoder:
             else:
                 ref = idx.clone()
             z_prev, z_src = self.rebuild(z_vq, z_base, mode, coefs, step), z
+            if latents is not None:
+                latents.append(z_prev)
             out_idx.append(idx.reshape(stages, *shape).cpu())
             out_mode.append(mode.reshape(shape).cpu())
             out_mv.append(mv.cpu())
