@@ -3,7 +3,7 @@ import pytest
 
 from vqcodec.entropy import (COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES,
                              MV_CONTEXTS, PRECISION, SKIP, STATIC_CONTEXTS, EntropyCoder, Symbols, coef_contexts, count_symbols,
-                             fit_tables, mode_contexts_a, mode_contexts_b, new_counts, parity, quantise_rows)
+                             fit_tables, history, mode_contexts_a, mode_contexts_b, new_counts, parity, quantise_rows)
 from vqcodec.motion import VECTORS, ZERO, grid_shape
 
 K = 64
@@ -73,9 +73,10 @@ def test_tables_are_integer_rows_of_fixed_total(coder):
     assert coder.static_tables.shape == (STATIC_CONTEXTS, 2)
 
 
-def test_coefficient_contexts_count_the_earlier_non_zeros():
+def test_coefficient_contexts_count_the_earlier_non_zeros_and_the_tokens_history():
     c = np.array([[0, 3, 0, -1, 2, 5, 0, 1], [0] * 8])
-    assert coef_contexts(c).tolist() == [[0, 0, 1, 1, 2, 2, 3, 3], [0] * 8]
+    assert coef_contexts(c, np.array([0, 4])).tolist() == [[0, 0, 1, 1, 2, 2, 3, 3], [16] * 8]
+    assert history(np.array([[0] * 8, [1] + [0] * 7, [1, 1, 1] + [0] * 5, [1] * 8])).tolist() == [0, 1, 2, 3]
 
 
 def test_quantise_rows_keeps_every_symbol_codable():

@@ -23,7 +23,7 @@ import torch
 
 from . import bitstream as bs
 from . import motion
-from .entropy import COEF_MAX, INTER, INTRA, MODE_FIRST, SKIP, EntropyCoder, Symbols
+from .entropy import COEF_MAX, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, NEVER, SKIP, EntropyCoder, Symbols
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis
@@ -176,6 +176,7 @@ class SegmentCoder:
         self._mode_bits = to_dev(self.coder.mode_bits) if self.coder else None
         self._coef_bits = to_dev(self.coder.coef_bits) if self.coder else None
         self._bucket = torch.tensor(_NNZ_BUCKET, device=device)
+        self._edges = torch.tensor(HISTORY_EDGES, device=device)
 
     def analyse(self, frames: list[Frame]) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
         """Per temporal group, in order: its latent tokens (N, D) and its planes (T, H, W), (T, H/2, W/2) x 2."""
@@ -198,13 +199,18 @@ class SegmentCoder:
         stages = torch.arange(idx.shape[0], device=idx.device)[:, None]
         return self._bits[stages, ctx, idx].sum(0)
 
-    def _coef_rate(self, c: torch.Tensor, kind: int, quality: int) -> torch.Tensor:
-        """Bits of quantised coefficients (N, P) of one kind (0 intra, 1 inter)."""
+    def history(self, c: torch.Tensor) -> torch.Tensor:
+        """entropy.history on the device: coded tokens' coefficients (N, P) -> history (N,)."""
+        return torch.bucketize((c != 0).sum(1), self._edges, right=True)
+
+    def _coef_rate(self, c: torch.Tensor, kind: int, quality: int, hist: torch.Tensor) -> torch.Tensor:
+        """Bits of quantised coefficients (N, P) of one kind (0 intra, 1 inter), tokens of
+        histories hist (N,)."""
         if self._coef_bits is None:  # a rough model of an adaptive coder, while tables are fitted
             a = c.abs().float()
             return torch.where(a == 0, 0.3, 2.5 + 2 * torch.log2(a.clamp(min=1))).sum(1)
         nz = (c != 0).long()
-        ctx = self._bucket[(nz.cumsum(1) - nz).clamp(max=4)]
+        ctx = 4 * hist[:, None] + self._bucket[(nz.cumsum(1) - nz).clamp(max=4)]
         pos = torch.arange(c.shape[1], device=c.device)[None, :]
         return self._coef_bits[quality - 1, pos, kind, ctx, c + COEF_MAX].sum(1)
 
@@ -264,6 +270,7 @@ class SegmentCoder:
         still = torch.full(motion.grid_shape(*shape), motion.ZERO, dtype=torch.long, device=self.device)
         out_idx, out_mode, out_mv, out_coef = [], [], [], []
         z_prev = ref = moved = z_src = None
+        hist = torch.full((shape[0] * shape[1],), NEVER, dtype=torch.long, device=self.device)
         for z, planes in groups:
             idx = q.encode(z, stages)
             z_vq = q.decode(idx)
@@ -277,9 +284,9 @@ class SegmentCoder:
                 c_inter = scalar_quantise((z - z_base) @ self.basis.t(), step, COEF_MAX, DEADZONE)
                 z_inter = z_base + (c_inter.float() * step) @ self.basis
                 costs = torch.stack([
-                    d_intra + lam * (self._index_rate(idx, ref) + self._coef_rate(c_intra, 0, quality)),
+                    d_intra + lam * (self._index_rate(idx, ref) + self._coef_rate(c_intra, 0, quality, hist)),
                     ((z - z_base) ** 2).sum(1),
-                    ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, quality)])
+                    ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, quality, hist)])
                 if self._mode_bits is not None:  # the modes' own bits, in their pass-A contexts
                     costs += lam * self._mode_bits[self._mode_context(moved, shape)].t()
                 best = costs.argmin(0)
@@ -290,8 +297,10 @@ class SegmentCoder:
                 intra = best == INTRA
                 ref[:, intra] = idx[:, intra]
                 moved = best != SKIP
+                hist = torch.where(moved, self.history(coefs), hist)
             else:
                 ref = idx.clone()
+                hist = self.history(coefs)
             z_prev, z_src = self.rebuild(z_vq, z_base, mode, coefs, step), z
             if latents is not None:
                 latents.append(z_prev)

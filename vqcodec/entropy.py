@@ -26,8 +26,10 @@ Contexts (all discrete, all from data the decoder already has):
       pass A, 0..4) + (the co-located previous mode: 0 skip, 1 changed, 2 none: first group).
   - VQ indices: (stage, the index at the same stage and place in the last group that coded
     that token intra), or (stage, K = "no previous group") in the segment's first group;
-  - coefficients: (quality, position in coding order, kind: 0 intra / 1 inter, the number of
-    non-zero coefficients at the token's earlier positions: 0, 1, 2-3, 4 or more).
+  - coefficients: (quality, position in coding order, kind: 0 intra / 1 inter, context
+    4 * h + n) with h the token's history: how many non-zero coefficients it had the last time
+    it was coded in this segment (0, 1-2, 3-7, 8 or more; 4 = never), and n the number of
+    non-zero coefficients at its earlier positions now (0, 1, 2-3, 4 or more).
 A static region is skipped wholesale in contexts that predict "skip" with near certainty: it
 costs a small fraction of a bit per token; a token's high frequencies, once its low ones are
 zero, cost little more.
@@ -69,8 +71,10 @@ STATIC_CONTEXTS = 3
 COEF_MAX = 24          # coefficients are integers in [-COEF_MAX, COEF_MAX]
 COEF_SYMBOLS = 2 * COEF_MAX + 1
 KINDS = 2              # coefficients of an intra token (0) or of an inter change (1)
-COEF_CONTEXTS = 4
 _NNZ_BUCKET = np.array([0, 1, 2, 2, 3])  # non-zeros so far (capped at 4) -> context
+HISTORY_EDGES = (1, 3, 8)                # a token's last non-zero count -> history 0..3
+NEVER = len(HISTORY_EDGES) + 1         # history of a token not coded yet in the segment: 4
+COEF_CONTEXTS = 4 * (NEVER + 1)
 
 
 @dataclass
@@ -86,11 +90,17 @@ class Symbols:
     quality: int
 
 
-def coef_contexts(coefs: np.ndarray) -> np.ndarray:
-    """(N, P) coefficients -> (N, P) contexts: non-zeros at each token's earlier positions."""
+def history(coefs: np.ndarray) -> np.ndarray:
+    """(.., P) coefficients of coded tokens -> their history bucket for later groups."""
+    return np.searchsorted(HISTORY_EDGES, (coefs != 0).sum(-1), side="right")
+
+
+def coef_contexts(coefs: np.ndarray, hist: np.ndarray) -> np.ndarray:
+    """(N, P) coefficients, (N,) histories -> (N, P) contexts: 4 * history + the non-zeros at
+    each token's earlier positions."""
     nz = (coefs != 0).astype(np.int64)
     before = np.cumsum(nz, 1) - nz
-    return _NNZ_BUCKET[np.minimum(before, 4)]
+    return 4 * hist[:, None] + _NNZ_BUCKET[np.minimum(before, 4)]
 
 
 def coef_keys(kinds: np.ndarray, contexts: np.ndarray) -> np.ndarray:
@@ -157,14 +167,16 @@ def mv_contexts(prev_mv: np.ndarray | None, shape: tuple[int, int]) -> np.ndarra
 def _walk(sym: Symbols, codes: int):
     """The encoder's view of a segment, group by group: (index keys (D, h, w), [(kind, keys,
     symbols)] of the vectors and modes (empty in the first group), indices, coefficient kinds
-    (h, w), coefficients (h, w, P))."""
+    (h, w), coefficient histories (h, w), coefficients (h, w, P))."""
     G, D, h, w = sym.indices.shape
     odd = parity(h, w)
     ref = prev_moved = prev_mv = None
     prev_static = 2
+    hist = np.full((h, w), NEVER, dtype=np.int64)
     for i, g in enumerate(sym.indices):
         if ref is None:
-            yield index_keys(None, None, g.shape, codes), [], g, coef_kinds(None, (h, w)), sym.coefs[i]
+            yield index_keys(None, None, g.shape, codes), [], g, coef_kinds(None, (h, w)), hist, sym.coefs[i]
+            hist = history(sym.coefs[i])
             ref = g.copy()
             continue
         m = sym.modes[i].astype(np.int64)
@@ -173,23 +185,25 @@ def _walk(sym: Symbols, codes: int):
         flag = ("static", np.array([prev_static]), np.array([int(static)]))
         prev_static = 0 if static else 1
         if static:
-            yield np.full(g.shape, -1), [flag], g, np.full((h, w), -1), sym.coefs[i]
+            yield np.full(g.shape, -1), [flag], g, np.full((h, w), -1), hist, sym.coefs[i]
             prev_moved, prev_mv = m != SKIP, mv
             continue
         moved_a = (m != SKIP) & ~odd
         side = [flag, ("mv", mv_contexts(prev_mv, mv.shape).reshape(-1), mv.reshape(-1)),
                 ("mode", mode_contexts_a(prev_moved, h, w)[~odd], m[~odd]),
                 ("mode", mode_contexts_b(moved_a, prev_moved)[odd], m[odd])]
-        yield index_keys(ref, m, g.shape, codes), side, g, coef_kinds(m, (h, w)), sym.coefs[i]
+        kinds = coef_kinds(m, (h, w))
+        yield index_keys(ref, m, g.shape, codes), side, g, kinds, hist, sym.coefs[i]
+        hist = np.where(kinds >= 0, history(sym.coefs[i]), hist)
         intra = m == INTRA
         ref[:, intra] = g[:, intra]
         prev_moved, prev_mv = m != SKIP, mv
 
 
-def _coded_coefs(kinds: np.ndarray, coefs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The coding tokens' kinds (N,) and coefficients (N, P), raster order."""
+def _coded_coefs(kinds: np.ndarray, hist: np.ndarray, coefs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The coding tokens' kinds (N,), histories (N,) and coefficients (N, P), raster order."""
     sel = kinds.reshape(-1) >= 0
-    return kinds.reshape(-1)[sel], coefs.reshape(-1, coefs.shape[-1])[sel].astype(np.int64)
+    return kinds.reshape(-1)[sel], hist.reshape(-1)[sel], coefs.reshape(-1, coefs.shape[-1])[sel].astype(np.int64)
 
 
 def _runs(keys: np.ndarray):
@@ -262,14 +276,14 @@ class EntropyCoder:
         depends on nothing else."""
         offset = self._check_quality(sym.quality)
         enc = constriction.stream.queue.RangeEncoder()
-        for keys, side, g, kinds, coefs in _walk(sym, self.codes):
+        for keys, side, g, kinds, hist, coefs in _walk(sym, self.codes):
             for kind, k, s in side:
                 self._code_runs(enc, kind, k, s)
             coded = keys >= 0
             self._code_runs(enc, "index", keys[coded], g[coded])
-            kinds, c = _coded_coefs(kinds, coefs)
+            kinds, hist, c = _coded_coefs(kinds, hist, coefs)
             if len(c):
-                self._code_runs(enc, "coef", (offset + coef_keys(kinds, coef_contexts(c))).reshape(-1),
+                self._code_runs(enc, "coef", (offset + coef_keys(kinds, coef_contexts(c, hist))).reshape(-1),
                                 (c + COEF_MAX).reshape(-1))
         return enc.get_compressed()
 
@@ -285,6 +299,7 @@ class EntropyCoder:
         odd = parity(h, w)
         ref = prev_moved = modes = mv = None
         prev_static = 2
+        hist = np.full(h * w, NEVER, dtype=np.int64)
         for _ in range(n_groups):
             if ref is not None and self._decode_runs(dec, "static", np.array([prev_static]))[0]:
                 prev_static = 0
@@ -309,12 +324,13 @@ class EntropyCoder:
             c = np.zeros((int(sel.sum()), P), dtype=np.int64)
             nonzero = np.zeros(len(c), dtype=np.int64)
             for r in range(P):  # a position's contexts need the token's earlier positions
-                ctx = _NNZ_BUCKET[np.minimum(nonzero, 4)]
+                ctx = 4 * hist[sel] + _NNZ_BUCKET[np.minimum(nonzero, 4)]
                 key = offset + (r * KINDS + kinds[sel]) * COEF_CONTEXTS + ctx
                 c[:, r] = self._decode_runs(dec, "coef", key) - COEF_MAX
                 nonzero += c[:, r] != 0
             coefs = np.zeros((h * w, P), dtype=np.int64)
             coefs[sel] = c
+            hist[sel] = history(c)
             if ref is None:
                 ref = g.copy()
             else:
@@ -351,15 +367,15 @@ def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None =
     ci, cm, cv, cc, cs = counts
     rows = codes + 1
     per_quality = cc[0].size // COEF_SYMBOLS
-    for keys, side, g, kinds, coefs in _walk(sym, codes):
+    for keys, side, g, kinds, hist, coefs in _walk(sym, codes):
         for kind, k, s in side:
             c = {"mode": cm, "mv": cv, "static": cs}[kind]
             c += np.bincount(k * c.shape[1] + s, minlength=c.size).reshape(c.shape)
         coded = keys >= 0
         ci[:D] += np.bincount(keys[coded] * codes + g[coded], minlength=D * rows * codes).reshape(D, rows, codes)
-        kinds, c = _coded_coefs(kinds, coefs)
+        kinds, hist, c = _coded_coefs(kinds, hist, coefs)
         if len(c):
-            k = coef_keys(kinds, coef_contexts(c)) * COEF_SYMBOLS + c + COEF_MAX
+            k = coef_keys(kinds, coef_contexts(c, hist)) * COEF_SYMBOLS + c + COEF_MAX
             cc[sym.quality - 1] += np.bincount(k.reshape(-1), minlength=per_quality * COEF_SYMBOLS
                                                ).reshape(cc.shape[1:])
     return ci, cm, cv, cc, cs
