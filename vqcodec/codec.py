@@ -23,7 +23,8 @@ import torch
 
 from . import bitstream as bs
 from . import motion
-from .entropy import COEF_MAX, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, NEVER, SKIP, EntropyCoder, Symbols
+from .entropy import (COEF_MAX, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, NEVER, NNZ_BUCKET, SKIP, EntropyCoder,
+                      Symbols)
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis
@@ -159,7 +160,6 @@ STILL = 0.25
 # than its still one (the search itself compares pixels, which noise can fool).
 MC_GAIN = 0.8
 BITS_PER_INDEX = 5.0  # rate of an index before a model has tables (while they are fitted)
-_NNZ_BUCKET = (0, 1, 2, 2, 3)  # entropy.py's coefficient contexts, on the device
 
 
 class SegmentCoder:
@@ -175,7 +175,7 @@ class SegmentCoder:
         self._bits = to_dev(self.coder.bits) if self.coder else None
         self._mode_bits = to_dev(self.coder.mode_bits) if self.coder else None
         self._coef_bits = to_dev(self.coder.coef_bits) if self.coder else None
-        self._bucket = torch.tensor(_NNZ_BUCKET, device=device)
+        self._bucket = torch.as_tensor(NNZ_BUCKET, device=device)  # entropy.py's contexts, on the device
         self._edges = torch.tensor(HISTORY_EDGES, device=device)
 
     def analyse(self, frames: list[Frame]) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:

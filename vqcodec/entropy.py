@@ -71,7 +71,7 @@ STATIC_CONTEXTS = 3
 COEF_MAX = 24          # coefficients are integers in [-COEF_MAX, COEF_MAX]
 COEF_SYMBOLS = 2 * COEF_MAX + 1
 KINDS = 2              # coefficients of an intra token (0) or of an inter change (1)
-_NNZ_BUCKET = np.array([0, 1, 2, 2, 3])  # non-zeros so far (capped at 4) -> context
+NNZ_BUCKET = np.array([0, 1, 2, 2, 3])  # non-zeros so far (capped at 4) -> context
 HISTORY_EDGES = (1, 3, 8)                # a token's last non-zero count -> history 0..3
 NEVER = len(HISTORY_EDGES) + 1         # history of a token not coded yet in the segment: 4
 COEF_CONTEXTS = 4 * (NEVER + 1)
@@ -95,18 +95,23 @@ def history(coefs: np.ndarray) -> np.ndarray:
     return np.searchsorted(HISTORY_EDGES, (coefs != 0).sum(-1), side="right")
 
 
+def coef_context(hist: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """A coefficient's context from its token's history and the non-zeros at its earlier positions."""
+    return 4 * hist + NNZ_BUCKET[np.minimum(before, 4)]
+
+
 def coef_contexts(coefs: np.ndarray, hist: np.ndarray) -> np.ndarray:
-    """(N, P) coefficients, (N,) histories -> (N, P) contexts: 4 * history + the non-zeros at
-    each token's earlier positions."""
+    """(N, P) coefficients, (N,) histories -> (N, P) contexts."""
     nz = (coefs != 0).astype(np.int64)
-    before = np.cumsum(nz, 1) - nz
-    return 4 * hist[:, None] + _NNZ_BUCKET[np.minimum(before, 4)]
+    return coef_context(hist[:, None], np.cumsum(nz, 1) - nz)
 
 
-def coef_keys(kinds: np.ndarray, contexts: np.ndarray) -> np.ndarray:
-    """(N,) kinds, (N, P) contexts -> (N, P) keys inside a quality: position-major."""
-    P = contexts.shape[1]
-    return (np.arange(P)[None, :] * KINDS + kinds[:, None]) * COEF_CONTEXTS + contexts
+def coef_keys(kinds: np.ndarray, contexts: np.ndarray, position: np.ndarray | int | None = None) -> np.ndarray:
+    """(N,) kinds, (N, P) contexts -> (N, P) keys inside a quality: position-major; or, with a
+    `position`, (N,) kinds and contexts at that position -> (N,) keys."""
+    if position is None:
+        position, kinds = np.arange(contexts.shape[1])[None, :], kinds[:, None]
+    return (position * KINDS + kinds) * COEF_CONTEXTS + contexts
 
 
 def _neighbours3(m: np.ndarray) -> np.ndarray:
@@ -324,8 +329,7 @@ class EntropyCoder:
             c = np.zeros((int(sel.sum()), P), dtype=np.int64)
             nonzero = np.zeros(len(c), dtype=np.int64)
             for r in range(P):  # a position's contexts need the token's earlier positions
-                ctx = 4 * hist[sel] + _NNZ_BUCKET[np.minimum(nonzero, 4)]
-                key = offset + (r * KINDS + kinds[sel]) * COEF_CONTEXTS + ctx
+                key = offset + coef_keys(kinds[sel], coef_context(hist[sel], nonzero), r)
                 c[:, r] = self._decode_runs(dec, "coef", key) - COEF_MAX
                 nonzero += c[:, r] != 0
             coefs = np.zeros((h * w, P), dtype=np.int64)
