@@ -35,23 +35,22 @@ class ResidualVQ(nn.Module):
         return torch.addmm((book * book).sum(1), x, book.t(), alpha=-2.0).argmin(1)
 
     @torch.no_grad()
-    def encode(self, z: torch.Tensor, stages: int | None = None, first: int = 0) -> torch.Tensor:
-        """z (N, D) -> indices (stages - first, N) as int64 of stages first.., greedy stage by stage.
-        first > 0 codes a small vector (a change) with the small codebooks of the last stages."""
+    def encode(self, z: torch.Tensor, stages: int | None = None) -> torch.Tensor:
+        """z (N, D) -> indices (stages, N) as int64, greedy stage by stage."""
         stages = self.stages if stages is None else stages
         residual = z.float().clone()
-        out = torch.empty(stages - first, z.shape[0], dtype=torch.long, device=z.device)
-        for k in range(first, stages):
+        out = torch.empty(stages, z.shape[0], dtype=torch.long, device=z.device)
+        for k in range(stages):
             idx = self.nearest(residual, self.codebooks[k])
-            out[k - first] = idx
+            out[k] = idx
             residual -= self.codebooks[k][idx]
         return out
 
-    def decode(self, indices: torch.Tensor, first: int = 0) -> torch.Tensor:
-        """indices (S, N) of stages first.. first + S - 1 -> the sum of their codewords (N, D)."""
-        z = self.codebooks[first][indices[0]]
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (S, N) of the first S stages -> the sum of their codewords (N, D)."""
+        z = self.codebooks[0][indices[0]]
         for k in range(1, indices.shape[0]):
-            z = z + self.codebooks[first + k][indices[k]]
+            z = z + self.codebooks[k][indices[k]]
         return z
 
     # -- training ---------------------------------------------------------------------
