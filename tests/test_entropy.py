@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vqcodec.entropy import (COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES,
+from vqcodec.entropy import (COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES, MV_SYMBOLS,
                              MV_CONTEXTS, PRECISION, SKIP, STATIC_CONTEXTS, EntropyCoder, Symbols, coef_contexts, count_symbols,
                              fit_tables, history, mode_contexts_a, mode_contexts_b, new_counts, parity, quantise_rows)
 from vqcodec.motion import VECTORS, ZERO, grid_shape
@@ -68,7 +68,7 @@ def test_tables_are_integer_rows_of_fixed_total(coder):
     for t in (coder.tables, coder.mode_tables, coder.mv_tables, coder.coef_tables, coder.static_tables):
         assert (t.sum(-1) == 1 << PRECISION).all() and t.min() >= 1
     assert coder.tables.shape == (2, K + 1, K) and coder.mode_tables.shape == (MODE_CONTEXTS, MODES)
-    assert coder.mv_tables.shape == (MV_CONTEXTS, VECTORS)
+    assert coder.mv_tables.shape == (MV_CONTEXTS, MV_SYMBOLS)
     assert coder.coef_tables.shape == (QUALITIES, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS)
     assert coder.static_tables.shape == (STATIC_CONTEXTS, 2)
 

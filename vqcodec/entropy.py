@@ -16,8 +16,11 @@ encoder's choice (codec.py); the decoder only reads them.
 Contexts (all discrete, all from data the decoder already has):
   - the static flag: 0 when the previous group was static, 1 when it was not, 2 when it is the
     segment's first;
-  - vectors: 0 when the same block of the previous group stood still, 1 when it moved, 2 when
-    the previous group is the segment's first (it has no vectors);
+  - vectors: each is coded as its two components' differences from its prediction (the same
+    block's vector in the previous group; still in the segment's second group), vertical
+    components first: context 0 when the same block of the previous group stood still, 1 when it
+    moved, 2 when the previous group is the segment's first (it has no vectors); then the
+    horizontal components, context 3 + 2 * (that context) + (vertical difference non-zero);
   - modes, in two checkerboard passes so that both stay one call per table:
       pass A (tokens with (i + j) even): the number of tokens that changed (mode other than
       SKIP) in the 3x3 neighbourhood of the previous group's mode map (0..9), or 10 when the
@@ -36,14 +39,15 @@ zero, cost little more.
 
 Tables are integer frequencies; every entry >= 1, every row sums to 2**PRECISION:
   ``tables`` int32 (D, K + 1, K) for indices, ``mode_tables`` int32 (MODE_CONTEXTS, 3) for modes,
-  ``mv_tables`` int32 (MV_CONTEXTS, motion.VECTORS) for vectors, ``coef_tables`` int32
+  ``mv_tables`` int32 (MV_CONTEXTS, MV_SYMBOLS) for vector components, ``coef_tables`` int32
   (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS) for coefficients (symbol = value + COEF_MAX),
   ``static_tables`` int32 (STATIC_CONTEXTS, 2) for the static flags.
 They are fitted after training (``fit_tables``) and stored in the model file, so the encoder
 and the decoder use the same integers on every device: the row ``freq / 2**16`` is exact in
 float64, and constriction quantises it deterministically.
 
-Coding order inside a later group: its static flag, then (when 0) the vectors grouped by context (ascending), pass-A modes grouped by
+Coding order inside a later group: its static flag, then (when 0) the vertical vector components grouped by context (ascending),
+then the horizontal ones likewise, pass-A modes grouped by
 context, pass-B modes likewise, the indices grouped by key = stage * (K + 1) + context
 (ascending), then the coefficients position by position (each position's grouped by kind, then
 context), raster order inside every group of symbols.  Each group of symbols sharing a table is
@@ -58,7 +62,7 @@ import numpy as np
 import torch
 import constriction
 
-from .motion import VECTORS, ZERO
+from .motion import RANGE, SIDE, ZERO
 
 PRECISION = 16
 INTRA, SKIP, INTER = 0, 1, 2
@@ -66,7 +70,10 @@ MODES = 3
 MODE_FIRST = 10        # pass-A context when the previous group has no modes
 MODE_B = 11            # first pass-B context
 MODE_CONTEXTS = 26
-MV_CONTEXTS = 3
+MV_Y_CONTEXTS = 3      # vertical vector components: the co-located previous vector still / moved / none
+MV_CONTEXTS = 3 * MV_Y_CONTEXTS  # then the horizontal ones, 2 per vertical context
+MV_MAX = 2 * RANGE     # a component differs from its prediction by at most this much
+MV_SYMBOLS = 2 * MV_MAX + 1
 STATIC_CONTEXTS = 3
 COEF_MAX = 24          # coefficients are integers in [-COEF_MAX, COEF_MAX]
 COEF_SYMBOLS = 2 * COEF_MAX + 1
@@ -164,9 +171,34 @@ def coef_kinds(modes: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
 
 
 def mv_contexts(prev_mv: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """Each block's vertical-component context: 0 when the block of the previous group stood
+    still, 1 when it moved, 2 when there is no previous vector (the segment's first group)."""
     if prev_mv is None:
         return np.full(shape, 2, dtype=np.int64)
     return (prev_mv != ZERO).astype(np.int64)
+
+
+def mv_prediction(prev_mv: np.ndarray | None, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each block's predicted vector (dy, dx): the same block's in the previous group (the still
+    vector where there is none)."""
+    if prev_mv is None:
+        return np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    return prev_mv // SIDE - RANGE, prev_mv % SIDE - RANGE
+
+
+def mv_x_contexts(ctx_y: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Horizontal-component contexts: after the vertical ones, 2 per vertical context (whether the
+    vertical component differed from its prediction)."""
+    return MV_Y_CONTEXTS + 2 * ctx_y + (dy != 0)
+
+
+def mv_symbols(mv: np.ndarray, prev_mv: np.ndarray | None) -> list[tuple]:
+    """A group's vectors (Hb, Wb) -> the two ("mv", contexts, symbols) runs that code them: each
+    component's difference from its prediction, vertical components first."""
+    py, px = mv_prediction(prev_mv, mv.shape)
+    dy, dx = (mv // SIDE - RANGE - py).reshape(-1), (mv % SIDE - RANGE - px).reshape(-1)
+    ky = mv_contexts(prev_mv, mv.shape).reshape(-1)
+    return [("mv", ky, dy + MV_MAX), ("mv", mv_x_contexts(ky, dy), dx + MV_MAX)]
 
 
 def _walk(sym: Symbols, codes: int):
@@ -194,7 +226,7 @@ def _walk(sym: Symbols, codes: int):
             prev_moved, prev_mv = m != SKIP, mv
             continue
         moved_a = (m != SKIP) & ~odd
-        side = [flag, ("mv", mv_contexts(prev_mv, mv.shape).reshape(-1), mv.reshape(-1)),
+        side = [flag, *mv_symbols(mv, prev_mv),
                 ("mode", mode_contexts_a(prev_moved, h, w)[~odd], m[~odd]),
                 ("mode", mode_contexts_b(moved_a, prev_moved)[odd], m[odd])]
         kinds = coef_kinds(m, (h, w))
@@ -270,6 +302,17 @@ class EntropyCoder:
         out[order] = flat
         return out
 
+    def _decode_vectors(self, dec, prev_mv: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+        """mv_symbols' inverse: a group's vectors (Hb, Wb); a vector outside the range is an error."""
+        py, px = mv_prediction(prev_mv, shape)
+        ky = mv_contexts(prev_mv, shape).reshape(-1)
+        dy = self._decode_runs(dec, "mv", ky) - MV_MAX
+        dx = self._decode_runs(dec, "mv", mv_x_contexts(ky, dy)) - MV_MAX
+        vy, vx = py.reshape(-1) + dy, px.reshape(-1) + dx
+        if np.abs(vy).max(initial=0) > RANGE or np.abs(vx).max(initial=0) > RANGE:
+            raise ValueError("a motion vector is out of range")
+        return ((vy + RANGE) * SIDE + vx + RANGE).reshape(shape)
+
     def _check_quality(self, quality: int) -> int:
         if not 1 <= quality <= self.qualities:
             raise ValueError(f"quality {quality} has no coefficient tables")
@@ -315,7 +358,7 @@ class EntropyCoder:
                 continue
             if ref is not None:
                 prev_static = 1
-                mv = self._decode_runs(dec, "mv", mv_contexts(mv, mv_shape).reshape(-1)).reshape(mv_shape)
+                mv = self._decode_vectors(dec, mv, mv_shape)
                 modes = np.zeros((h, w), dtype=np.int64)
                 modes[~odd] = self._decode_runs(dec, "mode", mode_contexts_a(prev_moved, h, w)[~odd])
                 moved_a = (modes != SKIP) & ~odd
@@ -354,14 +397,14 @@ class EntropyCoder:
 # -- statistics and fitting ---------------------------------------------------------------------
 def new_counts(stages: int, codes: int, qualities: int, positions: int):
     return (np.zeros((stages, codes + 1, codes), dtype=np.int64), np.zeros((MODE_CONTEXTS, MODES), dtype=np.int64),
-            np.zeros((MV_CONTEXTS, VECTORS), dtype=np.int64),
+            np.zeros((MV_CONTEXTS, MV_SYMBOLS), dtype=np.int64),
             np.zeros((qualities, positions, KINDS, COEF_CONTEXTS, COEF_SYMBOLS), dtype=np.int64),
             np.zeros((STATIC_CONTEXTS, 2), dtype=np.int64))
 
 
 def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None = None):
     """Accumulate (index counts (D', K+1, K), mode counts (MODE_CONTEXTS, 3), vector counts
-    (MV_CONTEXTS, VECTORS), coefficient counts (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS),
+    (MV_CONTEXTS, MV_SYMBOLS), coefficient counts (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS),
     static-flag counts (STATIC_CONTEXTS, 2))
     over one segment, in exactly the contexts the coder uses; D' >= the segment's depth when
     `counts` is given, `qualities` when it is not."""

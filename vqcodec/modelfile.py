@@ -6,7 +6,7 @@ Layout of the dict saved with torch.save (loaded with weights_only=True):
   state_dict: the network's weights and codebooks,
   tables: int32 tensor (VQ stages coded, codes + 1, codes) of index frequencies,
   mode_tables: int32 tensor (mode contexts, 3) of token-mode frequencies,
-  mv_tables: int32 tensor (vector contexts, vectors) of motion-vector frequencies, and
+  mv_tables: int32 tensor (vector contexts, component values) of motion-vector frequencies, and
   coef_tables: int32 tensor (qualities, coefficients, kinds, contexts, values) of scalar
           coefficient frequencies, and
   static_tables: int32 tensor (contexts, 2) of static-group flags (see entropy.py);
@@ -15,7 +15,7 @@ Layout of the dict saved with torch.save (loaded with weights_only=True):
 The fingerprint is the first 16 bytes of SHA-256 over the config, every tensor (sorted by
 name, little-endian bytes) and the tables; a .vqv file records it and decode checks it.
 Version 2 added the mode and vector tables, version 3 the coefficient and static-flag tables
-(.vqv format 3).
+(.vqv format 3), version 4 vector tables per component (quarter-pixel vectors, .vqv format 4).
 Older files still load as training starting points (--init), or to refit their tables, not as
 codec models.
 """
@@ -34,7 +34,7 @@ from .errors import VqvError
 from .model import ModelConfig, VQVAE
 
 FORMAT = "vqcodec-model"
-VERSION = 3
+VERSION = 4
 Tables = tuple  # (index, mode, vector, coefficient, static-flag tables), int32 tensors
 TABLE_NAMES = ("tables", "mode_tables", "mv_tables", "coef_tables", "static_tables")
 DEFAULT_NAME = "default.pt"
@@ -111,7 +111,7 @@ def load_model(path: Path | None = None, device: str = "cpu", need_tables: bool 
     tables = tuple(raw[name] for name in TABLE_NAMES) if all(name in raw for name in TABLE_NAMES) else None
     if need_tables and raw.get("version", 0) < VERSION:
         raise VqvError(f"{path}: a model file of an earlier vqcodec (version {raw.get('version')}); its entropy "
-                       "tables predate .vqv format 3: refit them (scripts/train_default.py --tables-only) or "
+                       "tables predate .vqv format 4: refit them (scripts/train_default.py --tables-only) or "
                        "start a training from it with --init")
     if need_tables and tables is None:
         raise VqvError(f"{path}: a training checkpoint without entropy tables; finalise it first "

@@ -1,14 +1,20 @@
 """Motion compensation for later temporal groups: block vectors, their search and the prediction.
 
 A group after the first may predict each block of BLOCK x BLOCK tokens from the previous group's
-*decoded* frames, displaced by a motion vector: frame t of the group from frame t of the previous
-group, every plane shifted by the same vector (chroma by half of it), picture edges repeated.
-Vectors are whole multiples of STEP luma pixels in -RANGE..RANGE steps per axis, carried as one
-symbol per block: (dy / STEP + RANGE) * SIDE + (dx / STEP + RANGE); ZERO is the still vector.
+*last decoded frame*, displaced by a motion vector v per block: frame t of the group is predicted
+from that frame displaced by (t + 1) * v (constant velocity), every plane alike (chroma by half
+of it).  Vectors are in quarter luma pixels, -RANGE..RANGE per axis; positions between pixels are
+interpolated bilinearly in exact integer arithmetic (8-bit samples times weights of at most
+2**6), so every device predicts the same values; picture edges are repeated.  A vector is carried
+as one symbol per block: (dy + RANGE) * SIDE + (dx + RANGE); ZERO is the still vector, which
+keeps the previous group's latent instead (a still block's tokens keep their own history).
 
-The search is the encoder's (sum of absolute differences on luma at half resolution, a small bias
-to the still vector); the decoder only applies the vectors it reads.  Nothing here touches the
-entropy coder.
+The search is the encoder's (sum of absolute differences on luma, coarse to fine: every whole-pixel
+vector at quarter resolution, then +-2 and +-1 whole pixels, +-1/2 and +-1/4 pixel around the best
+at full resolution, read from the reference's 16 precomputed quarter-pixel phases; the still
+vector is kept unless a moving one beats it by 3 %); the decoder only applies the vectors it
+reads.  Nothing here touches
+the entropy coder.
 """
 from __future__ import annotations
 
@@ -16,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 BLOCK = 4                 # tokens per block side
-STEP = 2                  # luma pixels per vector unit (chroma moves by whole pixels)
-RANGE = 4                 # vector units per axis each way: -8..8 luma pixels
+SUB = 4                   # vector units per luma pixel (quarter pixels)
+RANGE = 16 * SUB          # -16..16 luma pixels per axis
 SIDE = 2 * RANGE + 1
 VECTORS = SIDE * SIDE
 ZERO = RANGE * SIDE + RANGE
@@ -25,49 +31,121 @@ STILL_BIAS = 0.97         # a moving vector must beat the still one by 3 % of it
 
 
 def vector(symbol: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symbols -> (dy, dx) in luma pixels."""
-    return (symbol // SIDE - RANGE) * STEP, (symbol % SIDE - RANGE) * STEP
+    """Symbols -> (dy, dx) in quarter luma pixels."""
+    return symbol // SIDE - RANGE, symbol % SIDE - RANGE
+
+
+def symbol(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    return (dy.clamp(-RANGE, RANGE) + RANGE) * SIDE + dx.clamp(-RANGE, RANGE) + RANGE
 
 
 def grid_shape(h_tokens: int, w_tokens: int) -> tuple[int, int]:
     return -(-h_tokens // BLOCK), -(-w_tokens // BLOCK)
 
 
-def search(src: torch.Tensor, ref: torch.Tensor, patch: int) -> torch.Tensor:
-    """Best vector symbol per block: src, ref luma (T, H, W) in [0, 1] (H, W multiples of patch)
-    -> (Hb, Wb) long.  Exhaustive over the VECTORS candidates, on the groups' first frames at
-    half resolution (one vector serves the whole group)."""
-    half = BLOCK * patch // 2  # block side at half resolution
-    s = F.avg_pool2d(src[:1][None], 2)[0, 0]
-    r = F.avg_pool2d(ref[:1][None], 2)[0, 0]
-    h, w = s.shape
-    hb, wb = -(-h // half), -(-w // half)
-    s = F.pad(s[None, None], (0, wb * half - w, 0, hb * half - h), mode="replicate")[0, 0]
-    pad = RANGE * STEP // 2
-    rp = F.pad(r[None, None], (pad, pad + wb * half - w, pad, pad + hb * half - h), mode="replicate")[0, 0]
-    H, W = s.shape
-    offsets = [((k // SIDE - RANGE) * STEP // 2 + pad, (k % SIDE - RANGE) * STEP // 2 + pad) for k in range(VECTORS)]
-    shifted = torch.stack([rp[dy:dy + H, dx:dx + W] for dy, dx in offsets])
-    costs = F.avg_pool2d(shifted.sub_(s).abs_()[:, None], half)[:, 0]
-    costs[ZERO] *= STILL_BIAS
-    return costs.argmin(0)
+def _per_pixel(v: torch.Tensor, side: int, h: int, w: int) -> torch.Tensor:
+    """Per-block values (Hb, Wb) -> per-pixel (h, w), blocks of side x side pixels."""
+    return v.repeat_interleave(side, 0).repeat_interleave(side, 1)[:h, :w]
+
+
+def shift(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, denom: int) -> torch.Tensor:
+    """Plane p (H, W) of integers 0..255 (as float) sampled at (row + dy/denom, col + dx/denom)
+    per pixel (dy, dx integer tensors (H, W)), bilinear, edges repeated.  Exact: every product
+    and sum is an integer below 2**24."""
+    H, W = p.shape
+    iy, ix = torch.div(dy, denom, rounding_mode="floor"), torch.div(dx, denom, rounding_mode="floor")
+    fy, fx = (dy - iy * denom).to(p.dtype), (dx - ix * denom).to(p.dtype)
+    r0 = (torch.arange(H, device=p.device)[:, None] + iy)
+    c0 = (torch.arange(W, device=p.device)[None, :] + ix)
+    r1, c1 = (r0 + 1).clamp_(0, H - 1), (c0 + 1).clamp_(0, W - 1)
+    r0, c0 = r0.clamp_(0, H - 1), c0.clamp_(0, W - 1)
+    top = (denom - fx) * p[r0, c0] + fx * p[r0, c1]
+    bottom = (denom - fx) * p[r1, c0] + fx * p[r1, c1]
+    return ((denom - fy) * top + fy * bottom) / (denom * denom)
 
 
 def predict(planes: tuple[torch.Tensor, ...], symbols: torch.Tensor, patch: int) -> tuple[torch.Tensor, ...]:
-    """The previous group's planes (T, H, W), (T, H/2, W/2) x 2 moved block by block by the
-    vectors (Hb, Wb) -> predicted planes of the same shapes."""
+    """The previous group's decoded planes (T, H, W), (T, H/2, W/2) x 2 (8-bit values in [0, 1])
+    and the vectors (Hb, Wb) -> the predicted planes of the same shapes: frame t is the last
+    frame displaced by (t + 1) * v."""
     dy, dx = vector(symbols)
     out = []
     for c, p in enumerate(planes):
         s = 1 if c == 0 else 2
         T, H, W = p.shape
         side = BLOCK * patch // s
-        by = dy.repeat_interleave(side, 0).repeat_interleave(side, 1)[:H, :W] // s
-        bx = dx.repeat_interleave(side, 0).repeat_interleave(side, 1)[:H, :W] // s
-        rows = (torch.arange(H, device=p.device)[:, None] + by).clamp(0, H - 1)
-        cols = (torch.arange(W, device=p.device)[None, :] + bx).clamp(0, W - 1)
-        out.append(p[:, rows, cols])
+        by, bx = _per_pixel(dy, side, H, W), _per_pixel(dx, side, H, W)
+        last = p[-1].mul(255.0).round_()
+        out.append(torch.stack([shift(last, (t + 1) * by, (t + 1) * bx, SUB * s) for t in range(T)]).div_(255.0))
     return tuple(out)
+
+
+def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
+    """Plane r (H, W) of 8-bit values -> (SUB*SUB, H + 2 pad + 1, W + 2 pad + 1) every quarter-pixel
+    phase of it, bilinear as in `shift`, edges repeated."""
+    rp = F.pad(r[None, None], (pad, pad + 2, pad, pad + 2), mode="replicate")[0, 0]
+    a, b, c, d = rp[:-1, :-1], rp[:-1, 1:], rp[1:, :-1], rp[1:, 1:]
+    out = []
+    for fy in range(SUB):
+        for fx in range(SUB):
+            top, bottom = (SUB - fx) * a + fx * b, (SUB - fx) * c + fx * d
+            out.append(((SUB - fy) * top + fy * bottom) / (SUB * SUB))
+    return torch.stack(out)
+
+
+def search(src: torch.Tensor, ref: torch.Tensor, patch: int) -> torch.Tensor:
+    """Best vector symbol per block: src luma (T, H, W) of the group, ref luma (T, H, W) of the
+    previous group's decoded frames, in [0, 1] (H, W multiples of patch) -> (Hb, Wb) long.
+    Matches the group's first frame against the previous group's last (one frame apart)."""
+    side = BLOCK * patch
+    H, W = src.shape[1:]
+    hb, wb = -(-H // side), -(-W // side)
+    pad = (0, wb * side - W, 0, hb * side - H)
+    s = F.pad(src[:1][None], pad, mode="replicate")[0, 0] * 255.0
+    r = ref[-1].mul(255.0).round_()
+    # 1. whole pixels at quarter resolution, exhaustive over +-RANGE
+    s4 = F.avg_pool2d(s[None, None], 4)[0, 0]
+    r4 = F.avg_pool2d(F.pad(r[None, None], pad, mode="replicate"), 4)[0, 0]
+    k = RANGE // SUB // 4
+    rp = F.pad(r4[None, None], (k, k, k, k), mode="replicate")[0, 0]
+    h4, w4 = s4.shape
+    costs = torch.stack([(rp[k + oy:k + oy + h4, k + ox:k + ox + w4] - s4).abs()
+                         .reshape(hb, side // 4, wb, side // 4).sum((1, 3))
+                         for oy in range(-k, k + 1) for ox in range(-k, k + 1)])
+    n = 2 * k + 1
+    costs[(n * n) // 2] *= STILL_BIAS
+    best = costs.argmin(0)
+    vy, vx = (best // n - k) * 4 * SUB, (best % n - k) * 4 * SUB  # quarter pixels
+    # 2. refine at full resolution: whole pixels +-2 by 2 then +-1, then half and quarter pixels
+    margin = RANGE // SUB + 4
+    ph = _phases(r, margin).reshape(-1)
+    Hq, Wq = H + 2 * margin + 1, W + 2 * margin + 1
+    at = lambda n: torch.arange(n, device=src.device)
+    rows = (at(hb)[:, None, None, None] * side + at(side)[None, :, None, None]).clamp_(max=H - 1)
+    cols = (at(wb)[None, None, :, None] * side + at(side)[None, None, None, :]).clamp_(max=W - 1)
+    base = (rows + margin) * Wq + cols + margin  # (hb, side, wb, side): where a still block reads
+    sb = s.reshape(hb, side, wb, side)
+
+    def cost(ty, tx):
+        iy, ix = torch.div(ty, SUB, rounding_mode="floor"), torch.div(tx, SUB, rounding_mode="floor")
+        phase = (ty - iy * SUB) * SUB + (tx - ix * SUB)
+        off = (phase * (Hq * Wq) + iy * Wq + ix)[:, None, :, None]
+        return (ph.take(base + off) - sb).abs_().sum((1, 3))
+
+    still = cost(torch.zeros_like(vy), torch.zeros_like(vx)) * STILL_BIAS
+    best = cost(vy, vx)
+    for radius, step in ((1, 2 * SUB), (1, SUB), (1, SUB // 2), (1, SUB // 4)):
+        cy, cx = vy, vx
+        for oy in range(-radius, radius + 1):
+            for ox in range(-radius, radius + 1):
+                if oy == 0 and ox == 0:
+                    continue
+                ty, tx = (cy + oy * step).clamp(-RANGE, RANGE), (cx + ox * step).clamp(-RANGE, RANGE)
+                c = cost(ty, tx)
+                better = c < best
+                best = torch.where(better, c, best)
+                vy, vx = torch.where(better, ty, vy), torch.where(better, tx, vx)
+    return torch.where(still <= best, ZERO, symbol(vy, vx))
 
 
 def token_mask(symbols: torch.Tensor, h_tokens: int, w_tokens: int) -> torch.Tensor:

@@ -1,0 +1,104 @@
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vqcodec import motion
+from vqcodec.motion import BLOCK, RANGE, SUB, ZERO, predict, search, shift, symbol, vector
+
+
+def _picture(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """A smooth 8-bit picture with detail at several scales (integers 0..255 as float)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, 1, h // 8, w // 8, generator=g)
+    big = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)[0, 0]
+    fine = F.avg_pool2d(torch.rand(1, 1, h, w, generator=g), 3, 1, 1)[0, 0]
+    return (big * 200 + fine * 55).clamp(0, 255).round()
+
+
+def test_symbols_and_vectors_are_inverse_and_zero_is_still():
+    dy, dx = torch.arange(-RANGE, RANGE + 1), torch.arange(RANGE, -RANGE - 1, -1)
+    s = symbol(dy, dx)
+    assert torch.equal(torch.stack(vector(s)), torch.stack([dy, dx]))
+    assert symbol(torch.tensor(0), torch.tensor(0)) == ZERO
+    assert symbol(torch.tensor(RANGE + 9), torch.tensor(-RANGE - 9)) == symbol(torch.tensor(RANGE), torch.tensor(-RANGE))
+
+
+def test_whole_pixel_shifts_copy_and_half_pixels_average_exactly():
+    p = _picture(32, 48)
+    z = torch.zeros(32, 48, dtype=torch.long)
+    # whole pixels: a copy from (row + 3, col - 2), edges repeated
+    out = shift(p, z + 3 * SUB, z - 2 * SUB, SUB)
+    rows = (torch.arange(32) + 3).clamp(max=31)[:, None]
+    cols = (torch.arange(48) - 2).clamp(min=0)[None, :]
+    assert torch.equal(out, p[rows, cols])
+    # half a pixel to the right: the mean of two neighbours, exactly (no rounding anywhere)
+    half = shift(p, z, z + SUB // 2, SUB)
+    assert torch.equal(half[:, :-1], (p[:, :-1] + p[:, 1:]) / 2)
+    # chroma planes take eighths of their own pixels: the same place as the luma quarter
+    assert torch.equal(shift(p, z, z + 4, 2 * SUB), half)
+
+
+def test_predict_moves_each_frame_by_its_distance_from_the_reference():
+    patch, side = 4, BLOCK * 4
+    y = torch.stack([_picture(64, 64, 1)] * 2) / 255.0
+    c = torch.stack([_picture(32, 32, 2)] * 2) / 255.0
+    mv = torch.full((64 // side, 64 // side), ZERO)
+    mv[1, 2] = symbol(torch.tensor(SUB), torch.tensor(-2 * SUB))  # 1 pixel down, 2 left, per frame
+    py, pu, _ = predict((y, c, c), mv, patch)
+    last = y[-1]
+    for t in range(2):
+        d = t + 1
+        block = py[t, side:2 * side, 2 * side:3 * side]
+        want = last[side + d:2 * side + d, 2 * side - 2 * d:3 * side - 2 * d]
+        assert torch.allclose(block, want, atol=1e-6)
+    assert torch.equal(py[:, :side], y[-1:, :side].expand(2, -1, -1))  # still blocks: the last frame itself
+    cb = pu[1, side // 2:side, side:side * 3 // 2]  # chroma moves half as far: 1 px down, 2 left at t = 1
+    assert torch.allclose(cb, c[-1, side // 2 + 1:side + 1, side - 2:side * 3 // 2 - 2], atol=1e-6)
+
+
+def test_the_search_finds_a_sub_pixel_pan_and_keeps_a_still_picture_still():
+    patch = 4
+    big = _picture(160, 192, 3)
+    # the camera pans 1.75 pixels right and 0.5 down per frame: sample the scene off the grid
+    z = torch.zeros(160, 192, dtype=torch.long)
+    frames = [shift(big, z + 2 * k, z + 7 * k, SUB) / 255.0 for k in range(3)]
+    ref = torch.stack(frames[:2]).mul(255).round().div(255)
+    src = torch.stack([frames[2], frames[2]])
+    mv = search(src, ref, patch)
+    dy, dx = vector(mv)
+    inner = (slice(1, -1), slice(1, -1))  # blocks whose match lies inside the picture
+    exact = ((dy[inner] == 2) & (dx[inner] == 7)).float().mean()
+    assert exact >= 0.95, (dy, dx)  # a smooth block may find a match as good elsewhere
+    same = ref[:1].expand(2, -1, -1)
+    assert (search(same, same, patch) == ZERO).all()
+
+
+def test_vectors_out_of_the_decoders_range_are_refused():
+    from vqcodec.entropy import EntropyCoder, fit_tables, new_counts
+    counts = list(new_counts(1, 4, 1, 48))
+    coder = EntropyCoder(*fit_tables(counts))
+    import constriction
+    enc = constriction.stream.queue.RangeEncoder()
+    shape = (1, 1)
+    # a difference of +RANGE + 1 from a still prediction
+    enc.encode(np.array([2 * RANGE + RANGE + 1], dtype=np.int32), coder._model("mv", 2))
+    enc.encode(np.array([2 * RANGE], dtype=np.int32), coder._model("mv", 3 + 2 * 2 + 1))
+    dec = constriction.stream.queue.RangeDecoder(enc.get_compressed())
+    try:
+        coder._decode_vectors(dec, None, shape)
+    except ValueError as exc:
+        assert "out of range" in str(exc)
+    else:
+        raise AssertionError("an out-of-range vector was accepted")
+
+
+def test_block_sums_and_token_masks_follow_the_blocks():
+    h, w = 6, 9
+    hb, wb = motion.grid_shape(h, w)
+    assert (hb, wb) == (2, 3)
+    mv = torch.full((hb, wb), ZERO)
+    mv[1, 2] = symbol(torch.tensor(1), torch.tensor(0))
+    mask = motion.token_mask(mv, h, w).reshape(h, w)
+    assert mask[BLOCK:, 2 * BLOCK:].all() and mask.sum() == (h - BLOCK) * (w - 2 * BLOCK)
+    sums = motion.block_sums(torch.ones(h * w), (h, w))
+    assert sums.tolist() == [[16, 16, 4], [8, 8, 2]]
