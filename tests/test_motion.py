@@ -61,9 +61,9 @@ def test_the_search_finds_a_sub_pixel_pan_and_keeps_a_still_picture_still():
     big = _picture(160, 192, 3)
     # the camera pans 1.75 pixels right and 0.5 down per frame: sample the scene off the grid
     z = torch.zeros(160, 192, dtype=torch.long)
-    frames = [shift(big, z + 2 * k, z + 7 * k, SUB) / 255.0 for k in range(3)]
+    frames = [shift(big, z + 2 * k, z + 7 * k, SUB) / 255.0 for k in range(4)]
     ref = torch.stack(frames[:2]).mul(255).round().div(255)
-    src = torch.stack([frames[2], frames[2]])
+    src = torch.stack(frames[2:])
     mv = search(src, ref, patch)
     dy, dx = vector(mv)
     inner = (slice(1, -1), slice(1, -1))  # blocks whose match lies inside the picture
@@ -102,3 +102,14 @@ def test_block_sums_and_token_masks_follow_the_blocks():
     assert mask[BLOCK:, 2 * BLOCK:].all() and mask.sum() == (h - BLOCK) * (w - 2 * BLOCK)
     sums = motion.block_sums(torch.ones(h * w), (h, w))
     assert sums.tolist() == [[16, 16, 4], [8, 8, 2]]
+
+
+def test_standing_blocks_still_after_prediction_equals_predicting_with_fewer_vectors():
+    y = torch.stack([_picture(64, 96, 4), _picture(64, 96, 5)]).div(255.0)
+    c = torch.stack([_picture(32, 48, 6)] * 2).div(255.0)
+    g = torch.Generator().manual_seed(1)
+    mv = torch.randint(0, motion.VECTORS, (4, 6), generator=g)
+    pred = predict((y, c, c), mv, 4)
+    fewer = torch.where(torch.rand(4, 6, generator=g) < 0.5, mv, ZERO)
+    for a, b in zip(motion.stand_still(pred, (y, c, c), fewer, 4), predict((y, c, c), fewer, 4)):
+        assert torch.equal(a, b)

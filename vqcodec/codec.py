@@ -233,13 +233,15 @@ class SegmentCoder:
         return tuple(p[0].clamp(0.0, 1.0).mul(255.0).round().div(255.0) for p in (y, u, v))
 
     def base(self, z_prev: torch.Tensor, planes: tuple[torch.Tensor, ...] | None, mv: torch.Tensor,
-             shape: tuple[int, int]) -> torch.Tensor:
+             shape: tuple[int, int], pred: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """Each token's prediction: its previous latent where its block stands still, the latent
-        of the motion-compensated previous frames where it moves."""
+        of the motion-compensated previous frames where it moves (`pred`: those frames, when the
+        caller has them already)."""
         moving = motion.token_mask(mv, *shape)
         if not bool(moving.any()):
             return z_prev
-        pred = motion.predict(planes, mv, self.cfg.patch)
+        if pred is None:
+            pred = motion.predict(planes, mv, self.cfg.patch)
         z_mc = self.net.analysis(*(p[None] for p in pred))[0].reshape(z_prev.shape[1], -1).t().float()
         return torch.where(moving[:, None], z_mc, z_prev)
 
@@ -249,14 +251,18 @@ class SegmentCoder:
         tokens are all `still` stand still."""
         recon = self.planes(z_prev, shape)
         mv = motion.search(planes[0], recon[0], self.cfg.patch)
-        z_base = self.base(z_prev, recon, mv, shape)
-        if bool((mv != motion.ZERO).any()):  # keep a vector only where it predicts the latent better
-            moved_err = motion.block_sums(((z - z_base) ** 2).sum(1), shape)
-            still_err = motion.block_sums(((z - z_prev) ** 2).sum(1), shape)
-            moving = (moved_err < MC_GAIN * still_err) & (motion.block_sums((~still).float(), shape) > 0)
-            kept = torch.where(moving, mv, motion.ZERO)
-            if not torch.equal(kept, mv):  # the encoder network sees across blocks: predict again
-                mv, z_base = kept, self.base(z_prev, recon, kept, shape)
+        if not bool((mv != motion.ZERO).any()):
+            return mv, z_prev
+        pred = motion.predict(recon, mv, self.cfg.patch)
+        z_base = self.base(z_prev, recon, mv, shape, pred)
+        # keep a vector only where it predicts the latent better
+        moved_err = motion.block_sums(((z - z_base) ** 2).sum(1), shape)
+        still_err = motion.block_sums(((z - z_prev) ** 2).sum(1), shape)
+        moving = (moved_err < MC_GAIN * still_err) & (motion.block_sums((~still).float(), shape) > 0)
+        kept = torch.where(moving, mv, motion.ZERO)
+        if not torch.equal(kept, mv):  # the encoder network sees across blocks: predict again
+            pred = motion.stand_still(pred, recon, kept, self.cfg.patch)
+            mv, z_base = kept, self.base(z_prev, recon, kept, shape, pred)
         return mv, z_base
 
     @torch.no_grad()

@@ -9,8 +9,9 @@ interpolated bilinearly in exact integer arithmetic (8-bit samples times weights
 as one symbol per block: (dy + RANGE) * SIDE + (dx + RANGE); ZERO is the still vector, which
 keeps the previous group's latent instead (a still block's tokens keep their own history).
 
-The search is the encoder's (sum of absolute differences on luma, coarse to fine: every whole-pixel
-vector at quarter resolution, then +-2 and +-1 whole pixels, +-1/2 and +-1/4 pixel around the best
+The search is the encoder's (sum of absolute differences on luma over the group's frames, each
+against its own prediction; coarse to fine: every whole-pixel vector at quarter resolution on
+the first frame, then +-2 and +-1 whole pixels, +-1/2 and +-1/4 pixel around the best
 at full resolution, read from the reference's 16 precomputed quarter-pixel phases; the still
 vector is kept unless a moving one beats it by 3 %); the decoder only applies the vectors it
 reads.  Nothing here touches
@@ -50,17 +51,17 @@ def _per_pixel(v: torch.Tensor, side: int, h: int, w: int) -> torch.Tensor:
 
 def shift(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, denom: int) -> torch.Tensor:
     """Plane p (H, W) of integers 0..255 (as float) sampled at (row + dy/denom, col + dx/denom)
-    per pixel (dy, dx integer tensors (H, W)), bilinear, edges repeated.  Exact: every product
-    and sum is an integer below 2**24."""
+    per pixel (dy, dx integer tensors (H, W)), bilinear, positions clamped to the plane (edges
+    repeated).  Exact: every product and sum is an integer below 2**24."""
     H, W = p.shape
     iy, ix = torch.div(dy, denom, rounding_mode="floor"), torch.div(dx, denom, rounding_mode="floor")
     fy, fx = (dy - iy * denom).to(p.dtype), (dx - ix * denom).to(p.dtype)
-    r0 = (torch.arange(H, device=p.device)[:, None] + iy)
-    c0 = (torch.arange(W, device=p.device)[None, :] + ix)
-    r1, c1 = (r0 + 1).clamp_(0, H - 1), (c0 + 1).clamp_(0, W - 1)
-    r0, c0 = r0.clamp_(0, H - 1), c0.clamp_(0, W - 1)
-    top = (denom - fx) * p[r0, c0] + fx * p[r0, c1]
-    bottom = (denom - fx) * p[r1, c0] + fx * p[r1, c1]
+    m = int(max(iy.abs().max(), ix.abs().max())) + 1 if iy.numel() else 1
+    wp = W + 2 * m  # a margin of repeated edges stands for clamping
+    flat = F.pad(p[None, None], (m, m, m, m), mode="replicate").reshape(-1)
+    at = (torch.arange(H, device=p.device)[:, None] + iy + m) * wp + torch.arange(W, device=p.device)[None, :] + ix + m
+    top = (denom - fx) * flat.take(at) + fx * flat.take(at + 1)
+    bottom = (denom - fx) * flat.take(at + wp) + fx * flat.take(at + wp + 1)
     return ((denom - fy) * top + fy * bottom) / (denom * denom)
 
 
@@ -80,6 +81,19 @@ def predict(planes: tuple[torch.Tensor, ...], symbols: torch.Tensor, patch: int)
     return tuple(out)
 
 
+def stand_still(pred: tuple[torch.Tensor, ...], planes: tuple[torch.Tensor, ...], symbols: torch.Tensor,
+                patch: int) -> tuple[torch.Tensor, ...]:
+    """`predict`'s output for other vectors, cheaply: the planes predicted with some vectors,
+    with the blocks whose vector is now ZERO put back to the last frame (a pixel's prediction
+    depends only on its own block's vector)."""
+    out = []
+    for c, (q, p) in enumerate(zip(pred, planes)):
+        side = BLOCK * patch // (1 if c == 0 else 2)
+        moving = _per_pixel(symbols != ZERO, side, *q.shape[1:])
+        out.append(torch.where(moving, q, p[-1]))
+    return tuple(out)
+
+
 def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
     """Plane r (H, W) of 8-bit values -> (SUB*SUB, H + 2 pad + 1, W + 2 pad + 1) every quarter-pixel
     phase of it, bilinear as in `shift`, edges repeated."""
@@ -96,15 +110,17 @@ def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
 def search(src: torch.Tensor, ref: torch.Tensor, patch: int) -> torch.Tensor:
     """Best vector symbol per block: src luma (T, H, W) of the group, ref luma (T, H, W) of the
     previous group's decoded frames, in [0, 1] (H, W multiples of patch) -> (Hb, Wb) long.
-    Matches the group's first frame against the previous group's last (one frame apart)."""
+    A vector's cost is the sum over the group's frames t of the absolute differences between
+    frame t and the previous group's last frame displaced by (t + 1) * v, as predicted."""
     side = BLOCK * patch
     H, W = src.shape[1:]
     hb, wb = -(-H // side), -(-W // side)
     pad = (0, wb * side - W, 0, hb * side - H)
-    s = F.pad(src[:1][None], pad, mode="replicate")[0, 0] * 255.0
+    s = F.pad(src[None], pad, mode="replicate")[0] * 255.0  # (T, Hp, Wp)
+    T = s.shape[0]
     r = ref[-1].mul(255.0).round_()
     # 1. whole pixels at quarter resolution, exhaustive over +-RANGE
-    s4 = F.avg_pool2d(s[None, None], 4)[0, 0]
+    s4 = F.avg_pool2d(s[None, :1], 4)[0, 0]  # the first frame, one frame from the reference
     r4 = F.avg_pool2d(F.pad(r[None, None], pad, mode="replicate"), 4)[0, 0]
     k = RANGE // SUB // 4
     rp = F.pad(r4[None, None], (k, k, k, k), mode="replicate")[0, 0]
@@ -117,27 +133,31 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int) -> torch.Tensor:
     best = costs.argmin(0)
     vy, vx = (best // n - k) * 4 * SUB, (best % n - k) * 4 * SUB  # quarter pixels
     # 2. refine at full resolution: whole pixels +-2 by 2 then +-1, then half and quarter pixels
-    margin = RANGE // SUB + 4
+    margin = T * RANGE // SUB + 4
     ph = _phases(r, margin).reshape(-1)
     Hq, Wq = H + 2 * margin + 1, W + 2 * margin + 1
     at = lambda n: torch.arange(n, device=src.device)
     rows = (at(hb)[:, None, None, None] * side + at(side)[None, :, None, None]).clamp_(max=H - 1)
     cols = (at(wb)[None, None, :, None] * side + at(side)[None, None, None, :]).clamp_(max=W - 1)
     base = (rows + margin) * Wq + cols + margin  # (hb, side, wb, side): where a still block reads
-    sb = s.reshape(hb, side, wb, side)
+    sb = s.reshape(T, hb, side, wb, side)
 
     def cost(ty, tx):
-        iy, ix = torch.div(ty, SUB, rounding_mode="floor"), torch.div(tx, SUB, rounding_mode="floor")
-        phase = (ty - iy * SUB) * SUB + (tx - ix * SUB)
-        off = (phase * (Hq * Wq) + iy * Wq + ix)[:, None, :, None]
-        return (ph.take(base + off) - sb).abs_().sum((1, 3))
+        total = 0
+        for t in range(T):
+            dy, dx = (t + 1) * ty, (t + 1) * tx
+            iy, ix = torch.div(dy, SUB, rounding_mode="floor"), torch.div(dx, SUB, rounding_mode="floor")
+            phase = (dy - iy * SUB) * SUB + (dx - ix * SUB)
+            off = (phase * (Hq * Wq) + iy * Wq + ix)[:, None, :, None]
+            total = total + (ph.take(base + off) - sb[t]).abs_().sum((1, 3))
+        return total
 
     still = cost(torch.zeros_like(vy), torch.zeros_like(vx)) * STILL_BIAS
     best = cost(vy, vx)
-    for radius, step in ((1, 2 * SUB), (1, SUB), (1, SUB // 2), (1, SUB // 4)):
+    for step in (2 * SUB, SUB, SUB // 2, SUB // 4):
         cy, cx = vy, vx
-        for oy in range(-radius, radius + 1):
-            for ox in range(-radius, radius + 1):
+        for oy in (-1, 0, 1):
+            for ox in (-1, 0, 1):
                 if oy == 0 and ox == 0:
                     continue
                 ty, tx = (cy + oy * step).clamp(-RANGE, RANGE), (cx + ox * step).clamp(-RANGE, RANGE)
