@@ -14,8 +14,7 @@ against its own prediction; coarse to fine: every whole-pixel vector at quarter 
 the first frame, then +-2 and +-1 whole pixels, +-1/2 and +-1/4 pixel around the best
 at full resolution, read from the reference's 16 precomputed quarter-pixel phases; the still
 vector is kept unless a moving one beats it by 3 %); the decoder only applies the vectors it
-reads.  Nothing here touches
-the entropy coder.
+reads.  Nothing here touches the entropy coder.
 """
 from __future__ import annotations
 
@@ -37,6 +36,7 @@ def vector(symbol: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def symbol(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """(dy, dx) in quarter luma pixels, clamped to the range -> symbols."""
     return (dy.clamp(-RANGE, RANGE) + RANGE) * SIDE + dx.clamp(-RANGE, RANGE) + RANGE
 
 
