@@ -49,6 +49,12 @@ def _per_pixel(v: torch.Tensor, side: int, h: int, w: int) -> torch.Tensor:
     return v.repeat_interleave(side, 0).repeat_interleave(side, 1)[:h, :w]
 
 
+def _bilinear(a, b, c, d, fy, fx, n: int) -> torch.Tensor:
+    """The value at (fy / n, fx / n) between pixels a (top left), b (top right), c (bottom left)
+    and d (bottom right): integer weights, one exact division by n * n."""
+    return ((n - fy) * ((n - fx) * a + fx * b) + fy * ((n - fx) * c + fx * d)) / (n * n)
+
+
 def shift(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, denom: int) -> torch.Tensor:
     """Plane p (H, W) of integers 0..255 (as float) sampled at (row + dy/denom, col + dx/denom)
     per pixel (dy, dx integer tensors (H, W)), bilinear, positions clamped to the plane (edges
@@ -60,9 +66,7 @@ def shift(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, denom: int) -> to
     wp = W + 2 * m  # a margin of repeated edges stands for clamping
     flat = F.pad(p[None, None], (m, m, m, m), mode="replicate").reshape(-1)
     at = (torch.arange(H, device=p.device)[:, None] + iy + m) * wp + torch.arange(W, device=p.device)[None, :] + ix + m
-    top = (denom - fx) * flat.take(at) + fx * flat.take(at + 1)
-    bottom = (denom - fx) * flat.take(at + wp) + fx * flat.take(at + wp + 1)
-    return ((denom - fy) * top + fy * bottom) / (denom * denom)
+    return _bilinear(flat.take(at), flat.take(at + 1), flat.take(at + wp), flat.take(at + wp + 1), fy, fx, denom)
 
 
 def predict(planes: tuple[torch.Tensor, ...], symbols: torch.Tensor, patch: int) -> tuple[torch.Tensor, ...]:
@@ -99,12 +103,7 @@ def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
     phase of it, bilinear as in `shift`, edges repeated."""
     rp = F.pad(r[None, None], (pad, pad + 2, pad, pad + 2), mode="replicate")[0, 0]
     a, b, c, d = rp[:-1, :-1], rp[:-1, 1:], rp[1:, :-1], rp[1:, 1:]
-    out = []
-    for fy in range(SUB):
-        for fx in range(SUB):
-            top, bottom = (SUB - fx) * a + fx * b, (SUB - fx) * c + fx * d
-            out.append(((SUB - fy) * top + fy * bottom) / (SUB * SUB))
-    return torch.stack(out)
+    return torch.stack([_bilinear(a, b, c, d, fy, fx, SUB) for fy in range(SUB) for fx in range(SUB)])
 
 
 def search(src: torch.Tensor, ref: torch.Tensor, patch: int) -> torch.Tensor:
