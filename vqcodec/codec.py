@@ -23,8 +23,8 @@ import torch
 
 from . import bitstream as bs
 from . import motion
-from .entropy import (COEF_MAX, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, NEVER, NNZ_BUCKET, SKIP, EntropyCoder,
-                      Symbols)
+from .entropy import (COEF_MAX, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEVER, NNZ_BUCKET,
+                      SKIP, EntropyCoder, Symbols)
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis
@@ -159,6 +159,10 @@ STILL = 0.25
 # A block moves only when its motion-compensated latent is at least this much closer to the source
 # than its still one (the search itself compares pixels, which noise can fool).
 MC_GAIN = 0.8
+# The motion search weighs a vector's bits against the sum of absolute luma differences (0..255
+# scale) it saves: MV_LAMBDA x 255 x step per bit, i.e. about the square root of the modes'
+# lambda in pixel units, as for the SAD-based searches of classic encoders.
+MV_LAMBDA = 0.25
 BITS_PER_INDEX = 5.0  # rate of an index before a model has tables (while they are fitted)
 
 
@@ -175,6 +179,7 @@ class SegmentCoder:
         self._bits = to_dev(self.coder.bits) if self.coder else None
         self._mode_bits = to_dev(self.coder.mode_bits) if self.coder else None
         self._coef_bits = to_dev(self.coder.coef_bits) if self.coder else None
+        self._mv_bits = to_dev(self.coder.mv_bits) if self.coder else None
         self._bucket = torch.as_tensor(NNZ_BUCKET, device=device)  # entropy.py's contexts, on the device
         self._edges = torch.tensor(HISTORY_EDGES, device=device)
 
@@ -245,12 +250,32 @@ class SegmentCoder:
         z_mc = self.net.analysis(*(p[None] for p in pred))[0].reshape(z_prev.shape[1], -1).t().float()
         return torch.where(moving[:, None], z_mc, z_prev)
 
+    def _mv_rate(self, prev_mv: torch.Tensor | None, shape: tuple[int, int]) -> motion.Rate | None:
+        """entropy.mv_symbols' code length on the device: (dy, dx) per block -> bits, given the
+        previous group's vectors (None: the segment's second group)."""
+        if self._mv_bits is None:
+            return None
+        if prev_mv is None:
+            py = px = torch.zeros(shape, dtype=torch.long, device=self.device)
+            ky = torch.full(shape, 2, dtype=torch.long, device=self.device)
+        else:
+            (py, px), ky = motion.vector(prev_mv), (prev_mv != motion.ZERO).long()
+
+        def rate(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+            ey, ex = (dy - py).clamp(-MV_MAX, MV_MAX), (dx - px).clamp(-MV_MAX, MV_MAX)
+            return (self._mv_bits[ky, ey + MV_MAX]
+                    + self._mv_bits[MV_Y_CONTEXTS + 2 * ky + (ey != 0).long(), ex + MV_MAX])
+        return rate
+
     def _predict(self, z: torch.Tensor, z_prev: torch.Tensor, planes: tuple[torch.Tensor, ...],
-                 shape: tuple[int, int], still: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 shape: tuple[int, int], still: torch.Tensor, prev_mv: torch.Tensor | None,
+                 step: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder's motion: (vectors, prediction) for the group of latent z; blocks whose
-        tokens are all `still` stand still."""
+        tokens are all `still` stand still.  prev_mv: the previous group's vectors (their
+        prediction), None in the segment's second group."""
         recon = self.planes(z_prev, shape)
-        mv = motion.search(planes[0], recon[0], self.cfg.patch)
+        mv = motion.search(planes[0], recon[0], self.cfg.patch, self._mv_rate(prev_mv, motion.grid_shape(*shape)),
+                           MV_LAMBDA * 255.0 * step, prev_mv)
         if not bool((mv != motion.ZERO).any()):
             return mv, z_prev
         pred = motion.predict(recon, mv, self.cfg.patch)
@@ -275,7 +300,7 @@ class SegmentCoder:
         lam = LAMBDA * step * step
         still = torch.full(motion.grid_shape(*shape), motion.ZERO, dtype=torch.long, device=self.device)
         out_idx, out_mode, out_mv, out_coef = [], [], [], []
-        z_prev = ref = moved = z_src = None
+        z_prev = ref = moved = z_src = prev_mv = None
         hist = torch.full((shape[0] * shape[1],), NEVER, dtype=torch.long, device=self.device)
         for z, planes in groups:
             idx = q.encode(z, stages)
@@ -286,7 +311,8 @@ class SegmentCoder:
             if z_prev is not None:
                 d_intra = ((z - self.rebuild(z_vq, None, mode, c_intra, step)) ** 2).sum(1)
                 still_tok = ((z - z_src) ** 2).sum(1) <= STILL * d_intra
-                mv, z_base = self._predict(z, z_prev, planes, shape, still_tok)
+                mv, z_base = self._predict(z, z_prev, planes, shape, still_tok, prev_mv, step)
+                prev_mv = mv
                 c_inter = scalar_quantise((z - z_base) @ self.basis.t(), step, COEF_MAX, DEADZONE)
                 z_inter = z_base + (c_inter.float() * step) @ self.basis
                 costs = torch.stack([

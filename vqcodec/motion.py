@@ -18,6 +18,8 @@ reads.  Nothing here touches the entropy coder.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +30,8 @@ SIDE = 2 * RANGE + 1
 VECTORS = SIDE * SIDE
 ZERO = RANGE * SIDE + RANGE
 STILL_BIAS = 0.97         # a moving vector must beat the still one by 3 % of its difference
+
+Rate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (dy, dx) per block -> bits per block
 
 
 def vector(symbol: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,11 +110,15 @@ def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
     return torch.stack([_bilinear(a, b, c, d, fy, fx, SUB) for fy in range(SUB) for fx in range(SUB)])
 
 
-def search(src: torch.Tensor, ref: torch.Tensor, patch: int) -> torch.Tensor:
+def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None = None, lam: float = 0.0,
+           guess: torch.Tensor | None = None) -> torch.Tensor:
     """Best vector symbol per block: src luma (T, H, W) of the group, ref luma (T, H, W) of the
     previous group's decoded frames, in [0, 1] (H, W multiples of patch) -> (Hb, Wb) long.
     A vector's cost is the sum over the group's frames t of the absolute differences between
-    frame t and the previous group's last frame displaced by (t + 1) * v, as predicted."""
+    frame t and the previous group's last frame displaced by (t + 1) * v, as predicted, plus
+    `lam` times its bits under `rate` (the caller's model of the vector's code length: where
+    pictures match about as well anywhere, the cheapest vector wins).  `guess` (Hb, Wb): vector
+    symbols tried as a second start for the refinement (the caller's prediction)."""
     side = BLOCK * patch
     H, W = src.shape[1:]
     hb, wb = -(-H // side), -(-W // side)
@@ -129,8 +137,12 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int) -> torch.Tensor:
                          for oy in range(-k, k + 1) for ox in range(-k, k + 1)])
     n = 2 * k + 1
     costs[(n * n) // 2] *= STILL_BIAS
+    o = torch.arange(-k, k + 1, device=src.device) * 4 * SUB
+    if rate is not None and lam:  # one frame at 1/16 of the pixels: 1/(16 T) of the full-resolution cost
+        oy, ox = o.repeat_interleave(n)[:, None, None], o.repeat(n)[:, None, None]
+        costs += lam / (16 * T) * rate(oy.expand(-1, hb, wb), ox.expand(-1, hb, wb))
     best = costs.argmin(0)
-    vy, vx = (best // n - k) * 4 * SUB, (best % n - k) * 4 * SUB  # quarter pixels
+    vy, vx = o[best // n], o[best % n]  # quarter pixels
     # 2. refine at full resolution: whole pixels +-2 by 2 then +-1, then half and quarter pixels
     margin = T * RANGE // SUB + 4
     ph = _phases(r, margin).reshape(-1)
@@ -151,8 +163,18 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int) -> torch.Tensor:
             total = total + (ph.take(base + off) - sb[t]).abs_().sum((1, 3))
         return total
 
-    still = cost(torch.zeros_like(vy), torch.zeros_like(vx)) * STILL_BIAS
-    best = cost(vy, vx)
+    def total(ty, tx):
+        c = cost(ty, tx)
+        return c + lam * rate(ty, tx) if rate is not None and lam else c
+
+    zero = torch.zeros_like(vy)
+    still = cost(zero, zero) * STILL_BIAS + (lam * rate(zero, zero) if rate is not None and lam else 0)
+    best = total(vy, vx)
+    if guess is not None:
+        gy, gx = vector(guess)
+        c = total(gy, gx)
+        better = c < best
+        best, vy, vx = torch.where(better, c, best), torch.where(better, gy, vy), torch.where(better, gx, vx)
     for step in (2 * SUB, SUB, SUB // 2, SUB // 4):
         cy, cx = vy, vx
         for oy in (-1, 0, 1):
@@ -160,7 +182,7 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int) -> torch.Tensor:
                 if oy == 0 and ox == 0:
                     continue
                 ty, tx = (cy + oy * step).clamp(-RANGE, RANGE), (cx + ox * step).clamp(-RANGE, RANGE)
-                c = cost(ty, tx)
+                c = total(ty, tx)
                 better = c < best
                 best = torch.where(better, c, best)
                 vy, vx = torch.where(better, ty, vy), torch.where(better, tx, vx)
