@@ -3,7 +3,8 @@ import pytest
 
 from vqcodec.entropy import (COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES, MV_SYMBOLS,
                              MV_CONTEXTS, PRECISION, SKIP, STATIC_CONTEXTS, EntropyCoder, Symbols, coef_contexts, count_symbols,
-                             fit_tables, history, mode_contexts_a, mode_contexts_b, new_counts, parity, quantise_rows)
+                             first_index_keys, first_passes, fit_tables, history, mode_contexts_a, mode_contexts_b, new_counts,
+                             parity, quantise_rows)
 from vqcodec.motion import VECTORS, ZERO, grid_shape
 
 K = 64
@@ -67,7 +68,7 @@ def check_round_trip(coder, sym):
 def test_tables_are_integer_rows_of_fixed_total(coder):
     for t in (coder.tables, coder.mode_tables, coder.mv_tables, coder.coef_tables, coder.static_tables):
         assert (t.sum(-1) == 1 << PRECISION).all() and t.min() >= 1
-    assert coder.tables.shape == (2, K + 1, K) and coder.mode_tables.shape == (MODE_CONTEXTS, MODES)
+    assert coder.tables.shape == (2, 2 * K + 1, K) and coder.mode_tables.shape == (MODE_CONTEXTS, MODES)
     assert coder.mv_tables.shape == (MV_CONTEXTS, MV_SYMBOLS)
     assert coder.coef_tables.shape == (QUALITIES, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS)
     assert coder.static_tables.shape == (STATIC_CONTEXTS, 2)
@@ -149,3 +150,37 @@ def test_static_groups_between_changing_ones_round_trip(coder):
         sym.modes[g] = SKIP
         sym.vectors[g] = ZERO
     check_round_trip(coder, sym)
+
+
+def test_first_group_indices_are_keyed_by_the_neighbour_decoded_before_them():
+    assert first_passes(3, 4).tolist() == [[0, 1, 0, 1], [2, 2, 2, 2], [0, 1, 0, 1]]
+    g = np.arange(2 * 3 * 4).reshape(2, 3, 4) % K
+    rows = 2 * K + 1
+    keys = first_index_keys(g, K)
+    assert keys[0, 0, 0] == K and keys[1, 2, 2] == rows + K                 # pass 1: no neighbour
+    assert keys[0, 0, 1] == K + 1 + g[0, 0, 0]                               # pass 2: its left neighbour
+    assert keys[1, 1, 3] == rows + K + 1 + g[1, 0, 3]                        # pass 3: the token above
+    assert (first_index_keys(g, K, upto=0)[:, first_passes(3, 4) > 0] == -1).all()
+
+
+def smooth_pictures(seed, n=6, h=16, w=20):
+    """First groups of flat regions: each 4 x 5 patch of tokens shares its indices."""
+    rng = np.random.default_rng(seed)
+    g = rng.integers(0, K, (n, 1, 2, 4, 4)).repeat(4, 3).repeat(5, 4)
+    coefs = np.zeros((n, 1, h, w, P), dtype=np.int8)
+    modes = np.full((1, h, w), INTRA, dtype=np.uint8)
+    return [Symbols(g[i], modes, np.full((1, *grid_shape(h, w)), ZERO), coefs[i], 1) for i in range(n)]
+
+
+def test_first_group_indices_cost_less_where_neighbours_agree():
+    counts = new_counts(2, K, 1, P)
+    for sym in smooth_pictures(0, n=30):
+        counts = count_symbols(sym, K, counts)
+    smooth_coder = EntropyCoder(*fit_tables(counts))
+    sym = smooth_pictures(1, n=1)[0]
+    rng = np.random.default_rng(2)
+    shuffled = Symbols(rng.permuted(sym.indices.reshape(2, -1), axis=1).reshape(sym.indices.shape), sym.modes,
+                       sym.vectors, sym.coefs, 1)  # the same indices, their neighbours unrelated
+    assert smooth_coder.estimate_bits(sym) < 0.5 * smooth_coder.estimate_bits(shuffled)
+    check_round_trip(smooth_coder, sym)
+    check_round_trip(smooth_coder, shuffled)

@@ -27,8 +27,13 @@ Contexts (all discrete, all from data the decoder already has):
       previous group is the segment's first (it has no modes);
       pass B (the other tokens): 11 + 3 * (changed 4-neighbours in the current group, all from
       pass A, 0..4) + (the co-located previous mode: 0 skip, 1 changed, 2 none: first group).
-  - VQ indices: (stage, the index at the same stage and place in the last group that coded
-    that token intra), or (stage, K = "no previous group") in the segment's first group;
+  - VQ indices in later groups: (stage, the index at the same stage and place in the last group
+    that coded that token intra);
+  - VQ indices in the segment's first group, in three passes over the tokens (i, j): pass 1 the
+    tokens with i and j even, context (stage, K = "no neighbour"); pass 2 those with i even and j
+    odd, context (stage, K + 1 + the index at the same stage of the left neighbour (i, j - 1));
+    pass 3 those with i odd, context (stage, K + 1 + the index at the same stage of the token
+    above (i - 1, j)).  Three quarters of a picture's indices are coded knowing a neighbour's;
   - coefficients: (quality, position in coding order, kind: 0 intra / 1 inter, context
     4 * h + n) with h the token's history: how many non-zero coefficients it had the last time
     it was coded in this segment (0, 1-2, 3-7, 8 or more; 4 = never), and n the number of
@@ -38,7 +43,7 @@ costs a small fraction of a bit per token; a token's high frequencies, once its 
 zero, cost little more.
 
 Tables are integer frequencies; every entry >= 1, every row sums to 2**PRECISION:
-  ``tables`` int32 (D, K + 1, K) for indices, ``mode_tables`` int32 (MODE_CONTEXTS, 3) for modes,
+  ``tables`` int32 (D, 2K + 1, K) for indices (rows: K temporal contexts, "none", K spatial), ``mode_tables`` int32 (MODE_CONTEXTS, 3) for modes,
   ``mv_tables`` int32 (MV_CONTEXTS, MV_SYMBOLS) for vector components, ``coef_tables`` int32
   (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS) for coefficients (symbol = value + COEF_MAX),
   ``static_tables`` int32 (STATIC_CONTEXTS, 2) for the static flags.
@@ -48,8 +53,8 @@ float64, and constriction quantises it deterministically.
 
 Coding order inside a later group: its static flag, then (when 0) the vertical vector components grouped by context (ascending),
 then the horizontal ones likewise, pass-A modes grouped by
-context, pass-B modes likewise, the indices grouped by key = stage * (K + 1) + context
-(ascending), then the coefficients position by position (each position's grouped by kind, then
+context, pass-B modes likewise, the indices grouped by key = stage * (2K + 1) + context
+(ascending; in the first group pass by pass), then the coefficients position by position (each position's grouped by kind, then
 context), raster order inside every group of symbols.  Each group of symbols sharing a table is
 one constriction call, never a Python loop per symbol.  All groups of a segment share one
 range-coder stream.
@@ -151,15 +156,36 @@ def mode_contexts_b(moved_a: np.ndarray, prev_moved: np.ndarray | None) -> np.nd
     return MODE_B + 3 * _neighbours4(moved_a).astype(np.int64) + prev
 
 
-def index_keys(ref: np.ndarray | None, modes: np.ndarray | None, shape: tuple[int, int, int],
-               codes: int) -> np.ndarray:
-    """Key (stage * (K + 1) + context) of every index slot (D, h, w) of a group; slots of tokens
-    that code no indices (SKIP and INTER) get -1.
-    ref: each token's indices from the last group that coded it intra; None in the first group."""
+def index_rows(codes: int) -> int:
+    """Context rows per stage of the index tables: K temporal, "none", K spatial."""
+    return 2 * codes + 1
+
+
+def first_passes(h: int, w: int) -> np.ndarray:
+    """(h, w) pass (0, 1, 2) of each token of a segment's first group: (even, even) tokens first,
+    then the rest of the even rows (left neighbour known), then the odd rows (the token above known)."""
+    i, j = np.arange(h)[:, None], np.arange(w)[None, :]
+    return np.where(i % 2 == 1, 2, j % 2).astype(np.int64)
+
+
+def first_index_keys(g: np.ndarray, codes: int, upto: int = 2) -> np.ndarray:
+    """Keys of a first group's index slots (D, h, w) from its indices g (only those of passes
+    before each slot's are read); slots of passes after `upto` get -1."""
+    D, h, w = g.shape
+    passes = first_passes(h, w)
+    left = np.pad(g, ((0, 0), (0, 0), (1, 0)))[:, :, :-1]
+    above = np.pad(g, ((0, 0), (1, 0), (0, 0)))[:, :-1]
+    rows = np.select([passes == 0, passes == 1], [np.full(g.shape, codes), codes + 1 + left], codes + 1 + above)
+    keys = np.arange(D, dtype=np.int64)[:, None, None] * index_rows(codes) + rows
+    return np.where(passes <= upto, keys, -1)
+
+
+def index_keys(ref: np.ndarray, modes: np.ndarray, shape: tuple[int, int, int], codes: int) -> np.ndarray:
+    """Key (stage * (2K + 1) + context) of every index slot (D, h, w) of a later group; slots of
+    tokens that code no indices (SKIP and INTER) get -1.
+    ref: each token's indices from the last group that coded it intra."""
     D = shape[0]
-    base = np.arange(D, dtype=np.int64)[:, None, None] * (codes + 1)
-    if ref is None:
-        return np.broadcast_to(base + codes, shape)
+    base = np.arange(D, dtype=np.int64)[:, None, None] * index_rows(codes)
     return np.where((modes == INTRA)[None], base + ref[:D], -1)
 
 
@@ -202,17 +228,18 @@ def mv_symbols(mv: np.ndarray, prev_mv: np.ndarray | None) -> list[tuple]:
 
 
 def _walk(sym: Symbols, codes: int):
-    """The encoder's view of a segment, group by group: (index keys (D, h, w), [(kind, keys,
-    symbols)] of the vectors and modes (empty in the first group), indices, coefficient kinds
-    (h, w), coefficient histories (h, w), coefficients (h, w, P))."""
+    """The encoder's view of a segment, group by group: (index keys (D, h, w), index passes
+    (h, w), [(kind, keys, symbols)] of the vectors and modes (empty in the first group), indices,
+    coefficient kinds (h, w), coefficient histories (h, w), coefficients (h, w, P))."""
     G, D, h, w = sym.indices.shape
     odd = parity(h, w)
+    later = np.zeros((h, w), dtype=np.int64)  # a later group's indices: one pass
     ref = prev_moved = prev_mv = None
     prev_static = 2
     hist = np.full((h, w), NEVER, dtype=np.int64)
     for i, g in enumerate(sym.indices):
         if ref is None:
-            yield index_keys(None, None, g.shape, codes), [], g, coef_kinds(None, (h, w)), hist, sym.coefs[i]
+            yield first_index_keys(g, codes), first_passes(h, w), [], g, coef_kinds(None, (h, w)), hist, sym.coefs[i]
             hist = history(sym.coefs[i])
             ref = g.copy()
             continue
@@ -222,7 +249,7 @@ def _walk(sym: Symbols, codes: int):
         flag = ("static", np.array([prev_static]), np.array([int(static)]))
         prev_static = 0 if static else 1
         if static:
-            yield np.full(g.shape, -1), [flag], g, np.full((h, w), -1), hist, sym.coefs[i]
+            yield np.full(g.shape, -1), later, [flag], g, np.full((h, w), -1), hist, sym.coefs[i]
             prev_moved, prev_mv = m != SKIP, mv
             continue
         moved_a = (m != SKIP) & ~odd
@@ -230,7 +257,7 @@ def _walk(sym: Symbols, codes: int):
                 ("mode", mode_contexts_a(prev_moved, h, w)[~odd], m[~odd]),
                 ("mode", mode_contexts_b(moved_a, prev_moved)[odd], m[odd])]
         kinds = coef_kinds(m, (h, w))
-        yield index_keys(ref, m, g.shape, codes), side, g, kinds, hist, sym.coefs[i]
+        yield index_keys(ref, m, g.shape, codes), later, side, g, kinds, hist, sym.coefs[i]
         hist = np.where(kinds >= 0, history(sym.coefs[i]), hist)
         intra = m == INTRA
         ref[:, intra] = g[:, intra]
@@ -260,7 +287,9 @@ class EntropyCoder:
         as_np = lambda t: (t.cpu().numpy() if torch.is_tensor(t) else np.asarray(t)).astype(np.int64)
         self.tables, self.mode_tables, self.mv_tables, self.coef_tables, self.static_tables = (
             as_np(tables), as_np(mode_tables), as_np(mv_tables), as_np(coef_tables), as_np(static_tables))
-        self.stages, _, self.codes = self.tables.shape
+        self.stages, rows, self.codes = self.tables.shape
+        if rows != index_rows(self.codes):
+            raise ValueError(f"index tables have {rows} context rows, not {index_rows(self.codes)}")
         self.qualities, self.positions = self.coef_tables.shape[:2]
         self._rows = self.tables.reshape(-1, self.codes)
         self._coef_rows = self.coef_tables.reshape(-1, COEF_SYMBOLS)
@@ -324,11 +353,12 @@ class EntropyCoder:
         depends on nothing else."""
         offset = self._check_quality(sym.quality)
         enc = constriction.stream.queue.RangeEncoder()
-        for keys, side, g, kinds, hist, coefs in _walk(sym, self.codes):
+        for keys, passes, side, g, kinds, hist, coefs in _walk(sym, self.codes):
             for kind, k, s in side:
                 self._code_runs(enc, kind, k, s)
-            coded = keys >= 0
-            self._code_runs(enc, "index", keys[coded], g[coded])
+            for p in range(int(passes.max()) + 1):
+                coded = (keys >= 0) & (passes == p)[None]
+                self._code_runs(enc, "index", keys[coded], g[coded])
             kinds, hist, c = _coded_coefs(kinds, hist, coefs)
             if len(c):
                 self._code_runs(enc, "coef", (offset + coef_keys(kinds, coef_contexts(c, hist))).reshape(-1),
@@ -363,10 +393,17 @@ class EntropyCoder:
                 modes[~odd] = self._decode_runs(dec, "mode", mode_contexts_a(prev_moved, h, w)[~odd])
                 moved_a = (modes != SKIP) & ~odd
                 modes[odd] = self._decode_runs(dec, "mode", mode_contexts_b(moved_a, prev_moved)[odd])
-            keys = index_keys(ref, modes, shape, self.codes)
-            coded = keys >= 0
             g = np.zeros(shape, dtype=np.int64)
-            g[coded] = self._decode_runs(dec, "index", keys[coded])
+            if ref is None:  # pass by pass: each pass's contexts are indices of the passes before
+                passes = first_passes(h, w)
+                for p in range(3):
+                    keys = first_index_keys(g, self.codes, p)
+                    coded = (keys >= 0) & (passes == p)[None]
+                    g[coded] = self._decode_runs(dec, "index", keys[coded])
+            else:
+                keys = index_keys(ref, modes, shape, self.codes)
+                coded = keys >= 0
+                g[coded] = self._decode_runs(dec, "index", keys[coded])
             kinds = coef_kinds(modes, (h, w)).reshape(-1)
             sel = kinds >= 0
             c = np.zeros((int(sel.sum()), P), dtype=np.int64)
@@ -396,14 +433,14 @@ class EntropyCoder:
 
 # -- statistics and fitting ---------------------------------------------------------------------
 def new_counts(stages: int, codes: int, qualities: int, positions: int):
-    return (np.zeros((stages, codes + 1, codes), dtype=np.int64), np.zeros((MODE_CONTEXTS, MODES), dtype=np.int64),
+    return (np.zeros((stages, index_rows(codes), codes), dtype=np.int64), np.zeros((MODE_CONTEXTS, MODES), dtype=np.int64),
             np.zeros((MV_CONTEXTS, MV_SYMBOLS), dtype=np.int64),
             np.zeros((qualities, positions, KINDS, COEF_CONTEXTS, COEF_SYMBOLS), dtype=np.int64),
             np.zeros((STATIC_CONTEXTS, 2), dtype=np.int64))
 
 
 def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None = None):
-    """Accumulate (index counts (D', K+1, K), mode counts (MODE_CONTEXTS, 3), vector counts
+    """Accumulate (index counts (D', 2K+1, K), mode counts (MODE_CONTEXTS, 3), vector counts
     (MV_CONTEXTS, MV_SYMBOLS), coefficient counts (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS),
     static-flag counts (STATIC_CONTEXTS, 2))
     over one segment, in exactly the contexts the coder uses; D' >= the segment's depth when
@@ -412,9 +449,9 @@ def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None =
     if counts is None:
         counts = new_counts(D, codes, qualities or sym.quality, sym.coefs.shape[-1])
     ci, cm, cv, cc, cs = counts
-    rows = codes + 1
+    rows = index_rows(codes)
     per_quality = cc[0].size // COEF_SYMBOLS
-    for keys, side, g, kinds, hist, coefs in _walk(sym, codes):
+    for keys, _, side, g, kinds, hist, coefs in _walk(sym, codes):
         for kind, k, s in side:
             c = {"mode": cm, "mv": cv, "static": cs}[kind]
             c += np.bincount(k * c.shape[1] + s, minlength=c.size).reshape(c.shape)
