@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from vqcodec.entropy import (COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES, MV_SYMBOLS,
-                             MV_CONTEXTS, PRECISION, SKIP, STATIC_CONTEXTS, EntropyCoder, Symbols, coef_contexts, count_symbols,
-                             first_index_keys, first_passes, fit_tables, history, mode_contexts_a, mode_contexts_b, new_counts,
+from vqcodec.entropy import (FLAG_BLOCK, COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES, MV_SYMBOLS,
+                             MV_CONTEXTS, PRECISION, SKIP, FLAG_CONTEXTS, EntropyCoder, Symbols, coef_contexts, count_symbols,
+                             block_contexts, first_index_keys, first_passes, fit_tables, skipped_blocks, history, mode_contexts_a, mode_contexts_b, new_counts,
                              parity, quantise_rows)
 from vqcodec.motion import VECTORS, ZERO, grid_shape
 
@@ -66,12 +66,12 @@ def check_round_trip(coder, sym):
 
 
 def test_tables_are_integer_rows_of_fixed_total(coder):
-    for t in (coder.tables, coder.mode_tables, coder.mv_tables, coder.coef_tables, coder.static_tables):
+    for t in (coder.tables, coder.mode_tables, coder.mv_tables, coder.coef_tables, coder.flag_tables):
         assert (t.sum(-1) == 1 << PRECISION).all() and t.min() >= 1
     assert coder.tables.shape == (2, 2 * K + 1, K) and coder.mode_tables.shape == (MODE_CONTEXTS, MODES)
     assert coder.mv_tables.shape == (MV_CONTEXTS, MV_SYMBOLS)
     assert coder.coef_tables.shape == (QUALITIES, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS)
-    assert coder.static_tables.shape == (STATIC_CONTEXTS, 2)
+    assert coder.flag_tables.shape == (FLAG_CONTEXTS, 2)
 
 
 def test_coefficient_contexts_count_the_earlier_non_zeros_and_the_tokens_history():
@@ -184,3 +184,16 @@ def test_first_group_indices_cost_less_where_neighbours_agree():
     assert smooth_coder.estimate_bits(sym) < 0.5 * smooth_coder.estimate_bits(shuffled)
     check_round_trip(smooth_coder, sym)
     check_round_trip(smooth_coder, shuffled)
+
+
+def test_a_block_skips_when_all_its_tokens_do_and_its_flag_knows_its_neighbourhood():
+    m = np.full((8, 9), SKIP, dtype=np.uint8)
+    m[5, 6] = INTER
+    skip = skipped_blocks(m)  # 4 x 4 tokens a block: 2 x 3 blocks, the last column partial
+    assert skip.tolist() == [[True, True, True], [True, False, True]]
+    mv = np.full(skip.shape, ZERO)
+    mv[0, 0] = ZERO + 1
+    assert block_contexts(None, mv).tolist() == [[FLAG_BLOCK + 21] + [FLAG_BLOCK + 10] * 2, [FLAG_BLOCK + 10] * 3]
+    assert block_contexts(~skip, mv).tolist() == [[FLAG_BLOCK + 12, FLAG_BLOCK + 1, FLAG_BLOCK + 1],
+                                                  [FLAG_BLOCK + 1] * 3]
+

@@ -23,8 +23,8 @@ import torch
 
 from . import bitstream as bs
 from . import motion
-from .entropy import (COEF_MAX, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEVER, NNZ_BUCKET,
-                      SKIP, EntropyCoder, Symbols)
+from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEVER,
+                      NNZ_BUCKET, SKIP, EntropyCoder, Symbols)
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis
@@ -180,6 +180,7 @@ class SegmentCoder:
         self._mode_bits = to_dev(self.coder.mode_bits) if self.coder else None
         self._coef_bits = to_dev(self.coder.coef_bits) if self.coder else None
         self._mv_bits = to_dev(self.coder.mv_bits) if self.coder else None
+        self._flag_bits = to_dev(self.coder.flag_bits) if self.coder else None
         self._bucket = torch.as_tensor(NNZ_BUCKET, device=device)  # entropy.py's contexts, on the device
         self._edges = torch.tensor(HISTORY_EDGES, device=device)
 
@@ -300,7 +301,7 @@ class SegmentCoder:
         lam = LAMBDA * step * step
         still = torch.full(motion.grid_shape(*shape), motion.ZERO, dtype=torch.long, device=self.device)
         out_idx, out_mode, out_mv, out_coef = [], [], [], []
-        z_prev = ref = moved = z_src = prev_mv = None
+        z_prev = ref = moved = z_src = prev_mv = prev_changed = None
         hist = torch.full((shape[0] * shape[1],), NEVER, dtype=torch.long, device=self.device)
         for z, planes in groups:
             idx = q.encode(z, stages)
@@ -315,20 +316,24 @@ class SegmentCoder:
                 prev_mv = mv
                 c_inter = scalar_quantise((z - z_base) @ self.basis.t(), step, COEF_MAX, DEADZONE)
                 z_inter = z_base + (c_inter.float() * step) @ self.basis
+                d_skip = ((z - z_base) ** 2).sum(1)
                 costs = torch.stack([
                     d_intra + lam * (self._index_rate(idx, ref) + self._coef_rate(c_intra, 0, quality, hist)),
-                    ((z - z_base) ** 2).sum(1),
+                    d_skip,
                     ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, quality, hist)])
                 if self._mode_bits is not None:  # the modes' own bits, in their pass-A contexts
                     costs += lam * self._mode_bits[self._mode_context(moved, shape)].t()
                 best = costs.argmin(0)
                 best[still_tok] = SKIP
+                if self._flag_bits is not None:
+                    self._skip_blocks(best, costs, d_skip, lam, prev_changed, mv, shape)
                 mode = best.to(torch.uint8)
                 coefs = torch.where((best == INTRA)[:, None], c_intra,
                                     torch.where((best == INTER)[:, None], c_inter, 0))
                 intra = best == INTRA
                 ref[:, intra] = idx[:, intra]
                 moved = best != SKIP
+                prev_changed = motion.block_sums(moved.float(), shape) > 0
                 hist = torch.where(moved, self.history(coefs), hist)
             else:
                 ref = idx.clone()
@@ -342,6 +347,20 @@ class SegmentCoder:
             out_coef.append(coefs.to(torch.int8).reshape(*shape, -1).cpu())
         return Symbols(torch.stack(out_idx).numpy(), torch.stack(out_mode).numpy(), torch.stack(out_mv).numpy(),
                        torch.stack(out_coef).numpy(), quality)
+
+    def _skip_blocks(self, best: torch.Tensor, costs: torch.Tensor, d_skip: torch.Tensor, lam: float,
+                     prev_changed: torch.Tensor | None, mv: torch.Tensor, shape: tuple[int, int]) -> None:
+        """Make whole blocks skip (in place, on the chosen modes `best`) where that costs less
+        than the choices made token by token: a skipped block codes one flag and no modes."""
+        if prev_changed is None:
+            n = torch.full(mv.shape, 10, dtype=torch.long, device=self.device)
+        else:
+            k = torch.ones(1, 1, 3, 3, device=self.device)
+            n = torch.nn.functional.conv2d(prev_changed[None, None].float(), k, padding=1)[0, 0].round().long()
+        ctx = FLAG_BLOCK + 11 * (mv != motion.ZERO).long() + n
+        chosen = motion.block_sums(costs.gather(0, best[None])[0], shape) + lam * self._flag_bits[ctx, 0]
+        skipped = motion.block_sums(d_skip, shape) + lam * self._flag_bits[ctx, 1]
+        best[motion.block_mask(skipped < chosen, *shape)] = SKIP
 
     def _mode_context(self, moved: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
         """entropy.mode_contexts_a on the device: changed tokens in each 3x3 neighbourhood."""
@@ -750,7 +769,7 @@ def inspect_model(path: Path) -> dict:
     meta = dict(cm.meta)
     d = {"model": cm.fingerprint.hex(), "path": str(cm.path), "architecture": cm.config.to_dict(),
          "parameters": sum(p.numel() for p in cm.net.parameters()),
-         "tables": (", ".join(f"{name} {list(t.shape)}" for name, t in zip(("index", "mode", "vector", "coefficient", "static"),
+         "tables": (", ".join(f"{name} {list(t.shape)}" for name, t in zip(("index", "mode", "vector", "coefficient", "flag"),
                                                                        cm.tables)) if cm.tables is not None
                     else "none (a training checkpoint)")}
     for key in ("steps", "wall_s", "device", "world", "validation", "train"):

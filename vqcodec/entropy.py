@@ -3,7 +3,9 @@
 A segment is a sequence of temporal groups; each group is a grid of h x w tokens.  The first
 group codes every token *intra*.  Every later group starts with a *static* flag: 1 when the
 whole group is unchanged (every token SKIP, every block still), and then nothing else is coded for
-it; 0 otherwise, and then each token has a *mode*:
+it; 0 otherwise, and then each block of BLOCK x BLOCK tokens has a motion vector and a *skip
+flag* (1: every token of the block is SKIP), and each token of a block that does not skip has a
+*mode*:
   INTRA (0): coded afresh: its D residual-VQ indices, then the scalar coefficients of what
              those stages leave (quantizer.tube_basis, quantizer.scalar_quantise);
   SKIP  (1): nothing more: the token keeps its prediction;
@@ -21,7 +23,11 @@ Contexts (all discrete, all from data the decoder already has):
     components first: context 0 when the same block of the previous group stood still, 1 when it
     moved, 2 when the previous group is the segment's first (it has no vectors); then the
     horizontal components, context 3 + 2 * (that context) + (vertical difference non-zero);
-  - modes, in two checkerboard passes so that both stay one call per table:
+  - block skip flags: FLAG_BLOCK + 11 * (the block's vector moves) + the number of blocks that
+    did not skip in the 3x3 neighbourhood of the previous group's (0..9; 10 when the previous
+    group is the segment's first);
+  - modes of the tokens of blocks that do not skip, in two checkerboard passes so that both
+    stay one call per table:
       pass A (tokens with (i + j) even): the number of tokens that changed (mode other than
       SKIP) in the 3x3 neighbourhood of the previous group's mode map (0..9), or 10 when the
       previous group is the segment's first (it has no modes);
@@ -43,19 +49,22 @@ costs a small fraction of a bit per token; a token's high frequencies, once its 
 zero, cost little more.
 
 Tables are integer frequencies; every entry >= 1, every row sums to 2**PRECISION:
-  ``tables`` int32 (D, 2K + 1, K) for indices (rows: K temporal contexts, "none", K spatial), ``mode_tables`` int32 (MODE_CONTEXTS, 3) for modes,
+  ``tables`` int32 (D, 2K + 1, K) for indices (rows: K temporal contexts, "none", K spatial),
+  ``mode_tables`` int32 (MODE_CONTEXTS, 3) for modes,
   ``mv_tables`` int32 (MV_CONTEXTS, MV_SYMBOLS) for vector components, ``coef_tables`` int32
   (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS) for coefficients (symbol = value + COEF_MAX),
-  ``static_tables`` int32 (STATIC_CONTEXTS, 2) for the static flags.
+  ``flag_tables`` int32 (FLAG_CONTEXTS, 2) for the static flags (rows 0..2) and the block skip
+  flags (rows FLAG_BLOCK..).
 They are fitted after training (``fit_tables``) and stored in the model file, so the encoder
 and the decoder use the same integers on every device: the row ``freq / 2**16`` is exact in
 float64, and constriction quantises it deterministically.
 
-Coding order inside a later group: its static flag, then (when 0) the vertical vector components grouped by context (ascending),
-then the horizontal ones likewise, pass-A modes grouped by
-context, pass-B modes likewise, the indices grouped by key = stage * (2K + 1) + context
-(ascending; in the first group pass by pass), then the coefficients position by position (each position's grouped by kind, then
-context), raster order inside every group of symbols.  Each group of symbols sharing a table is
+Coding order inside a later group: its static flag, then (when 0) the vertical vector
+components grouped by context (ascending), then the horizontal ones likewise, the block skip
+flags likewise, pass-A modes likewise, pass-B modes likewise, the indices grouped by key =
+stage * (2K + 1) + context (ascending; in the first group pass by pass), then the coefficients
+position by position (each position's grouped by kind, then context), raster order inside
+every group of symbols.  Each group of symbols sharing a table is
 one constriction call, never a Python loop per symbol.  All groups of a segment share one
 range-coder stream.
 """
@@ -67,7 +76,7 @@ import numpy as np
 import torch
 import constriction
 
-from .motion import RANGE, SIDE, ZERO
+from .motion import BLOCK, RANGE, SIDE, ZERO
 
 PRECISION = 16
 INTRA, SKIP, INTER = 0, 1, 2
@@ -79,7 +88,8 @@ MV_Y_CONTEXTS = 3      # vertical vector components: the co-located previous vec
 MV_CONTEXTS = 3 * MV_Y_CONTEXTS  # then the horizontal ones, 2 per vertical context
 MV_MAX = 2 * RANGE     # a component differs from its prediction by at most this much
 MV_SYMBOLS = 2 * MV_MAX + 1
-STATIC_CONTEXTS = 3
+FLAG_BLOCK = 3         # first block-flag context (0..2: the group's static flag)
+FLAG_CONTEXTS = FLAG_BLOCK + 22
 COEF_MAX = 24          # coefficients are integers in [-COEF_MAX, COEF_MAX]
 COEF_SYMBOLS = 2 * COEF_MAX + 1
 KINDS = 2              # coefficients of an intra token (0) or of an inter change (1)
@@ -154,6 +164,27 @@ def mode_contexts_b(moved_a: np.ndarray, prev_moved: np.ndarray | None) -> np.nd
     """moved_a: the current changed (not SKIP) map with the pass-B places still False."""
     prev = np.full(moved_a.shape, 2, dtype=np.int64) if prev_moved is None else prev_moved.astype(np.int64)
     return MODE_B + 3 * _neighbours4(moved_a).astype(np.int64) + prev
+
+
+def skipped_blocks(modes: np.ndarray) -> np.ndarray:
+    """(h, w) token modes -> (Hb, Wb) True where every token of the block skips."""
+    h, w = modes.shape
+    hb, wb = -(-h // BLOCK), -(-w // BLOCK)
+    m = np.pad(modes != SKIP, ((0, hb * BLOCK - h), (0, wb * BLOCK - w)))
+    return ~m.reshape(hb, BLOCK, wb, BLOCK).any((1, 3))
+
+
+def block_tokens(blocks: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(Hb, Wb) per-block values -> (h, w) per token."""
+    return blocks.repeat(BLOCK, 0).repeat(BLOCK, 1)[:h, :w]
+
+
+def block_contexts(prev_changed: np.ndarray | None, mv: np.ndarray) -> np.ndarray:
+    """Each block's skip-flag context: FLAG_BLOCK + 11 x (its vector moves) + the number of
+    blocks that did not skip in the previous group's 3x3 neighbourhood (0..9), or 10 when the
+    previous group is the segment's first."""
+    n = np.full(mv.shape, 10, dtype=np.int64) if prev_changed is None else _neighbours3(prev_changed).astype(np.int64)
+    return FLAG_BLOCK + 11 * (mv != ZERO).astype(np.int64) + n
 
 
 def index_rows(codes: int) -> int:
@@ -234,7 +265,7 @@ def _walk(sym: Symbols, codes: int):
     G, D, h, w = sym.indices.shape
     odd = parity(h, w)
     later = np.zeros((h, w), dtype=np.int64)  # a later group's indices: one pass
-    ref = prev_moved = prev_mv = None
+    ref = prev_moved = prev_mv = prev_changed = None
     prev_static = 2
     hist = np.full((h, w), NEVER, dtype=np.int64)
     for i, g in enumerate(sym.indices):
@@ -246,22 +277,25 @@ def _walk(sym: Symbols, codes: int):
         m = sym.modes[i].astype(np.int64)
         mv = sym.vectors[i].astype(np.int64)
         static = bool((m == SKIP).all() and (mv == ZERO).all())
-        flag = ("static", np.array([prev_static]), np.array([int(static)]))
+        flag = ("flag", np.array([prev_static]), np.array([int(static)]))
         prev_static = 0 if static else 1
         if static:
             yield np.full(g.shape, -1), later, [flag], g, np.full((h, w), -1), hist, sym.coefs[i]
-            prev_moved, prev_mv = m != SKIP, mv
+            prev_moved, prev_mv, prev_changed = m != SKIP, mv, np.zeros(mv.shape, dtype=bool)
             continue
+        skip = skipped_blocks(m)
+        coded = ~block_tokens(skip, h, w)
         moved_a = (m != SKIP) & ~odd
         side = [flag, *mv_symbols(mv, prev_mv),
-                ("mode", mode_contexts_a(prev_moved, h, w)[~odd], m[~odd]),
-                ("mode", mode_contexts_b(moved_a, prev_moved)[odd], m[odd])]
+                ("flag", block_contexts(prev_changed, mv).reshape(-1), skip.reshape(-1).astype(np.int64)),
+                ("mode", mode_contexts_a(prev_moved, h, w)[~odd & coded], m[~odd & coded]),
+                ("mode", mode_contexts_b(moved_a, prev_moved)[odd & coded], m[odd & coded])]
         kinds = coef_kinds(m, (h, w))
         yield index_keys(ref, m, g.shape, codes), later, side, g, kinds, hist, sym.coefs[i]
         hist = np.where(kinds >= 0, history(sym.coefs[i]), hist)
         intra = m == INTRA
         ref[:, intra] = g[:, intra]
-        prev_moved, prev_mv = m != SKIP, mv
+        prev_moved, prev_mv, prev_changed = m != SKIP, mv, ~skip
 
 
 def _coded_coefs(kinds: np.ndarray, hist: np.ndarray, coefs: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -283,10 +317,10 @@ def _runs(keys: np.ndarray):
 
 
 class EntropyCoder:
-    def __init__(self, tables, mode_tables, mv_tables, coef_tables, static_tables):
+    def __init__(self, tables, mode_tables, mv_tables, coef_tables, flag_tables):
         as_np = lambda t: (t.cpu().numpy() if torch.is_tensor(t) else np.asarray(t)).astype(np.int64)
-        self.tables, self.mode_tables, self.mv_tables, self.coef_tables, self.static_tables = (
-            as_np(tables), as_np(mode_tables), as_np(mv_tables), as_np(coef_tables), as_np(static_tables))
+        self.tables, self.mode_tables, self.mv_tables, self.coef_tables, self.flag_tables = (
+            as_np(tables), as_np(mode_tables), as_np(mv_tables), as_np(coef_tables), as_np(flag_tables))
         self.stages, rows, self.codes = self.tables.shape
         if rows != index_rows(self.codes):
             raise ValueError(f"index tables have {rows} context rows, not {index_rows(self.codes)}")
@@ -296,12 +330,12 @@ class EntropyCoder:
         self._per_quality = self.positions * KINDS * COEF_CONTEXTS
         self._models: dict[tuple[str, int], object] = {}
         bits = lambda t: -np.log2(t / float(1 << PRECISION))  # ideal code lengths
-        self.bits, self.mode_bits, self.mv_bits, self.coef_bits, self.static_bits = (
+        self.bits, self.mode_bits, self.mv_bits, self.coef_bits, self.flag_bits = (
             bits(self.tables), bits(self.mode_tables), bits(self.mv_tables), bits(self.coef_tables),
-            bits(self.static_tables))
+            bits(self.flag_tables))
         # the cheapest possible symbol: bounds how many symbols a payload of n bytes can hold
         self.min_bits = float(min(t.min() for t in (self.bits, self.mode_bits, self.mv_bits, self.coef_bits,
-                                                    self.static_bits)))
+                                                    self.flag_bits)))
 
     def max_symbols(self, payload_bytes: int) -> int:
         return int(8 * (payload_bytes + 8) / max(self.min_bits, 1e-6)) + 64
@@ -310,7 +344,7 @@ class EntropyCoder:
         m = self._models.get((kind, key))
         if m is None:
             rows = {"mode": self.mode_tables, "mv": self.mv_tables, "index": self._rows, "coef": self._coef_rows,
-                    "static": self.static_tables}
+                    "flag": self.flag_tables}
             m = constriction.stream.model.Categorical(rows[kind][key].astype(np.float64) / float(1 << PRECISION),
                                                       perfect=False)
             self._models[(kind, key)] = m
@@ -375,24 +409,30 @@ class EntropyCoder:
         D, h, w = shape
         P = self.positions
         odd = parity(h, w)
-        ref = prev_moved = modes = mv = None
+        ref = prev_moved = prev_changed = modes = mv = None
         prev_static = 2
         hist = np.full(h * w, NEVER, dtype=np.int64)
         for _ in range(n_groups):
-            if ref is not None and self._decode_runs(dec, "static", np.array([prev_static]))[0]:
+            if ref is not None and self._decode_runs(dec, "flag", np.array([prev_static]))[0]:
                 prev_static = 0
                 modes = np.full((h, w), SKIP, dtype=np.int64)
                 mv = np.full(mv_shape, ZERO, dtype=np.int64)
-                prev_moved = np.zeros((h, w), dtype=bool)
+                prev_moved, prev_changed = np.zeros((h, w), dtype=bool), np.zeros(mv_shape, dtype=bool)
                 yield np.zeros(shape, dtype=np.int64), modes, mv, np.zeros((h, w, P), dtype=np.int64)
                 continue
             if ref is not None:
                 prev_static = 1
                 mv = self._decode_vectors(dec, mv, mv_shape)
-                modes = np.zeros((h, w), dtype=np.int64)
-                modes[~odd] = self._decode_runs(dec, "mode", mode_contexts_a(prev_moved, h, w)[~odd])
+                skip = self._decode_runs(dec, "flag", block_contexts(prev_changed, mv).reshape(-1)
+                                         ).reshape(mv_shape).astype(bool)
+                coded = ~block_tokens(skip, h, w)
+                modes = np.full((h, w), SKIP, dtype=np.int64)
+                a, b = ~odd & coded, odd & coded
+                modes[a] = self._decode_runs(dec, "mode", mode_contexts_a(prev_moved, h, w)[a])
                 moved_a = (modes != SKIP) & ~odd
-                modes[odd] = self._decode_runs(dec, "mode", mode_contexts_b(moved_a, prev_moved)[odd])
+                modes[b] = self._decode_runs(dec, "mode", mode_contexts_b(moved_a, prev_moved)[b])
+                if (~skip & skipped_blocks(modes)).any():
+                    raise ValueError("a block flagged as changed has no changed token")
             g = np.zeros(shape, dtype=np.int64)
             if ref is None:  # pass by pass: each pass's contexts are indices of the passes before
                 passes = first_passes(h, w)
@@ -420,7 +460,7 @@ class EntropyCoder:
             else:
                 intra = modes == INTRA
                 ref[:, intra] = g[:, intra]
-                prev_moved = modes != SKIP
+                prev_moved, prev_changed = modes != SKIP, ~skip
             yield g, modes, mv, coefs.reshape(h, w, P)
 
     def estimate_bits(self, sym: Symbols) -> float:
@@ -428,7 +468,7 @@ class EntropyCoder:
         ci, cm, cv, cc, cs = count_symbols(sym, self.codes, qualities=self.qualities)
         D = sym.indices.shape[1]
         return float((ci[:D] * self.bits[:D]).sum() + (cm * self.mode_bits).sum() + (cv * self.mv_bits).sum()
-                     + (cc * self.coef_bits).sum() + (cs * self.static_bits).sum())
+                     + (cc * self.coef_bits).sum() + (cs * self.flag_bits).sum())
 
 
 # -- statistics and fitting ---------------------------------------------------------------------
@@ -436,13 +476,13 @@ def new_counts(stages: int, codes: int, qualities: int, positions: int):
     return (np.zeros((stages, index_rows(codes), codes), dtype=np.int64), np.zeros((MODE_CONTEXTS, MODES), dtype=np.int64),
             np.zeros((MV_CONTEXTS, MV_SYMBOLS), dtype=np.int64),
             np.zeros((qualities, positions, KINDS, COEF_CONTEXTS, COEF_SYMBOLS), dtype=np.int64),
-            np.zeros((STATIC_CONTEXTS, 2), dtype=np.int64))
+            np.zeros((FLAG_CONTEXTS, 2), dtype=np.int64))
 
 
 def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None = None):
     """Accumulate (index counts (D', 2K+1, K), mode counts (MODE_CONTEXTS, 3), vector counts
     (MV_CONTEXTS, MV_SYMBOLS), coefficient counts (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS),
-    static-flag counts (STATIC_CONTEXTS, 2))
+    static-flag counts (FLAG_CONTEXTS, 2))
     over one segment, in exactly the contexts the coder uses; D' >= the segment's depth when
     `counts` is given, `qualities` when it is not."""
     G, D, h, w = sym.indices.shape
@@ -453,7 +493,7 @@ def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None =
     per_quality = cc[0].size // COEF_SYMBOLS
     for keys, _, side, g, kinds, hist, coefs in _walk(sym, codes):
         for kind, k, s in side:
-            c = {"mode": cm, "mv": cv, "static": cs}[kind]
+            c = {"mode": cm, "mv": cv, "flag": cs}[kind]
             c += np.bincount(k * c.shape[1] + s, minlength=c.size).reshape(c.shape)
         coded = keys >= 0
         ci[:D] += np.bincount(keys[coded] * codes + g[coded], minlength=D * rows * codes).reshape(D, rows, codes)
@@ -483,7 +523,7 @@ def _shrunk(c: np.ndarray, marg: np.ndarray, prior: float) -> np.ndarray:
 
 def fit_tables(counts, prior: float = 16.0) -> tuple[torch.Tensor, ...]:
     """(index, mode, vector, coefficient, static-flag counts) -> int32 (tables, mode_tables,
-    mv_tables, coef_tables, static_tables): each index row shrunk toward its stage's marginal, each
+    mv_tables, coef_tables, flag_tables): each index row shrunk toward its stage's marginal, each
     coefficient row toward its position's (over contexts), the other rows toward uniform."""
     ci, cm, cv, cc, cs = counts
     norm = lambda m: m / m.sum(-1, keepdims=True)

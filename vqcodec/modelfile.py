@@ -9,13 +9,14 @@ Layout of the dict saved with torch.save (loaded with weights_only=True):
   mv_tables: int32 tensor (vector contexts, component values) of motion-vector frequencies, and
   coef_tables: int32 tensor (qualities, coefficients, kinds, contexts, values) of scalar
           coefficient frequencies, and
-  static_tables: int32 tensor (contexts, 2) of static-group flags (see entropy.py);
+  flag_tables: int32 tensor (contexts, 2) of static-group and block-skip flags (see entropy.py);
           all five absent in a training checkpoint,
   meta: free-form training facts (data, steps, hardware) for humans.
 The fingerprint is the first 16 bytes of SHA-256 over the config, every tensor (sorted by
 name, little-endian bytes) and the tables; a .vqv file records it and decode checks it.
 Version 2 added the mode and vector tables, version 3 the coefficient and static-flag tables
-(.vqv format 3), version 4 vector tables per component (quarter-pixel vectors, .vqv format 4).
+(.vqv format 3), version 4 vector tables per component (quarter-pixel vectors, .vqv format 4), version 5 spatial index contexts and block skip flags
+(.vqv format 5).
 Older files still load as training starting points (--init), or to refit their tables, not as
 codec models.
 """
@@ -36,7 +37,7 @@ from .model import ModelConfig, VQVAE
 FORMAT = "vqcodec-model"
 VERSION = 5
 Tables = tuple  # (index, mode, vector, coefficient, static-flag tables), int32 tensors
-TABLE_NAMES = ("tables", "mode_tables", "mv_tables", "coef_tables", "static_tables")
+TABLE_NAMES = ("tables", "mode_tables", "mv_tables", "coef_tables", "flag_tables")
 DEFAULT_NAME = "default.pt"
 
 

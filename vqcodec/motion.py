@@ -189,10 +189,14 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     return torch.where(still <= best, ZERO, symbol(vy, vx))
 
 
+def block_mask(blocks: torch.Tensor, h_tokens: int, w_tokens: int) -> torch.Tensor:
+    """Per-block flags (Hb, Wb) -> per-token flags (h*w,)."""
+    return blocks.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)[:h_tokens, :w_tokens].reshape(-1)
+
+
 def token_mask(symbols: torch.Tensor, h_tokens: int, w_tokens: int) -> torch.Tensor:
     """Tokens (h*w,) whose block moves (vector other than ZERO)."""
-    moving = (symbols != ZERO).repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)
-    return moving[:h_tokens, :w_tokens].reshape(-1)
+    return block_mask(symbols != ZERO, h_tokens, w_tokens)
 
 
 def block_sums(values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
