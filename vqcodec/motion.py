@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 BLOCK = 4                 # tokens per block side
 SUB = 4                   # vector units per luma pixel (quarter pixels)
-RANGE = 16 * SUB          # -16..16 luma pixels per axis
+RANGE = 32 * SUB          # -32..32 luma pixels per axis
 SIDE = 2 * RANGE + 1
 VECTORS = SIDE * SIDE
 ZERO = RANGE * SIDE + RANGE
@@ -170,8 +170,9 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     zero = torch.zeros_like(vy)
     still = cost(zero, zero) * STILL_BIAS + (lam * rate(zero, zero) if rate is not None and lam else 0)
     best = total(vy, vx)
-    if guess is not None:
-        gy, gx = vector(guess)
+    # other starts: no motion (the coarse stage, on one frame and at a quarter of the resolution,
+    # can be fooled by a far match), and the caller's guess
+    for gy, gx in [(zero, zero)] + ([vector(guess)] if guess is not None else []):
         c = total(gy, gx)
         better = c < best
         best, vy, vx = torch.where(better, c, best), torch.where(better, gy, vy), torch.where(better, gx, vx)
