@@ -197,3 +197,16 @@ def test_a_block_skips_when_all_its_tokens_do_and_its_flag_knows_its_neighbourho
     assert block_contexts(~skip, mv).tolist() == [[FLAG_BLOCK + 12, FLAG_BLOCK + 1, FLAG_BLOCK + 1],
                                                   [FLAG_BLOCK + 1] * 3]
 
+
+
+def test_a_later_group_all_intra_and_still_is_coded_afresh_as_a_first_group(coder):
+    sym = moving(600, groups=5)
+    sym.modes[3] = INTRA  # a scene cut
+    sym.vectors[3] = ZERO
+    check_round_trip(coder, sym)
+    cut = lambda a, b: Symbols(sym.indices[a:b], sym.modes[a:b], sym.vectors[a:b], sym.coefs[a:b], sym.quality)
+    refresh = coder.estimate_bits(cut(0, 4)) - coder.estimate_bits(cut(0, 3))
+    assert abs(refresh - coder.estimate_bits(cut(3, 4))) < 8  # the same bits, and two flags
+    # the groups after it are predicted from it as after a segment's first group
+    assert abs((coder.estimate_bits(sym) - coder.estimate_bits(cut(0, 4))) - (coder.estimate_bits(cut(3, 5))
+                                                                             - coder.estimate_bits(cut(3, 4)))) < 8

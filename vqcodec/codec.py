@@ -163,6 +163,9 @@ MC_GAIN = 0.8
 # scale) it saves: MV_LAMBDA x 255 x step per bit, i.e. about the square root of the modes'
 # lambda in pixel units, as for the SAD-based searches of classic encoders.
 MV_LAMBDA = 0.25
+# A later group where more than this share of the tokens choose INTRA (a scene cut) is coded as
+# a segment's first group instead: every token intra, indices in spatial contexts, no vectors.
+REFRESH = 0.5
 BITS_PER_INDEX = 5.0  # rate of an index before a model has tables (while they are fitted)
 
 
@@ -327,14 +330,20 @@ class SegmentCoder:
                 best[still_tok] = SKIP
                 if self._flag_bits is not None:
                     self._skip_blocks(best, costs, d_skip, lam, prev_changed, mv, shape)
+                if float((best == INTRA).float().mean()) > REFRESH:  # a new scene: code it as a first group
+                    best[:] = INTRA
+                    mv, z_base, prev_mv, moved, prev_changed = still, None, None, None, None
                 mode = best.to(torch.uint8)
                 coefs = torch.where((best == INTRA)[:, None], c_intra,
                                     torch.where((best == INTER)[:, None], c_inter, 0))
-                intra = best == INTRA
-                ref[:, intra] = idx[:, intra]
-                moved = best != SKIP
-                prev_changed = motion.block_sums(moved.float(), shape) > 0
-                hist = torch.where(moved, self.history(coefs), hist)
+                if z_base is None:  # refreshed: every context starts afresh, as after a first group
+                    ref, hist = idx.clone(), self.history(coefs)
+                else:
+                    intra = best == INTRA
+                    ref[:, intra] = idx[:, intra]
+                    moved = best != SKIP
+                    prev_changed = motion.block_sums(moved.float(), shape) > 0
+                    hist = torch.where(moved, self.history(coefs), hist)
             else:
                 ref = idx.clone()
                 hist = self.history(coefs)

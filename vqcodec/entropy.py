@@ -3,7 +3,9 @@
 A segment is a sequence of temporal groups; each group is a grid of h x w tokens.  The first
 group codes every token *intra*.  Every later group starts with a *static* flag: 1 when the
 whole group is unchanged (every token SKIP, every block still), and then nothing else is coded for
-it; 0 otherwise, and then each block of BLOCK x BLOCK tokens has a motion vector and a *skip
+it; 0 otherwise, and then a *refresh* flag: 1 when the group is coded exactly as a segment's
+first group, every context afresh (every token INTRA, no vectors: a scene cut); 0 otherwise,
+and then each block of BLOCK x BLOCK tokens has a motion vector and a *skip
 flag* (1: every token of the block is SKIP), and each token of a block that does not skip has a
 *mode*:
   INTRA (0): coded afresh: its D residual-VQ indices, then the scalar coefficients of what
@@ -17,7 +19,8 @@ encoder's choice (codec.py); the decoder only reads them.
 
 Contexts (all discrete, all from data the decoder already has):
   - the static flag: 0 when the previous group was static, 1 when it was not, 2 when it is the
-    segment's first;
+    segment's first or a refresh ("the segment's first" below includes a refresh); the refresh
+    flag: FLAG_REFRESH;
   - vectors: each is coded as its two components' differences from its prediction (the same
     block's vector in the previous group; still in the segment's second group), vertical
     components first: context 0 when the same block of the previous group stood still, 1 when it
@@ -42,7 +45,7 @@ Contexts (all discrete, all from data the decoder already has):
     above (i - 1, j)).  Three quarters of a picture's indices are coded knowing a neighbour's;
   - coefficients: (quality, position in coding order, kind: 0 intra / 1 inter, context
     4 * h + n) with h the token's history: how many non-zero coefficients it had the last time
-    it was coded in this segment (0, 1-2, 3-7, 8 or more; 4 = never), and n the number of
+    it was coded in this segment (0, 1-2, 3-7, 8 or more; 4 = never, or not since a refresh), and n the number of
     non-zero coefficients at its earlier positions now (0, 1, 2-3, 4 or more).
 A static region is skipped wholesale in contexts that predict "skip" with near certainty: it
 costs a small fraction of a bit per token; a token's high frequencies, once its low ones are
@@ -53,13 +56,14 @@ Tables are integer frequencies; every entry >= 1, every row sums to 2**PRECISION
   ``mode_tables`` int32 (MODE_CONTEXTS, 3) for modes,
   ``mv_tables`` int32 (MV_CONTEXTS, MV_SYMBOLS) for vector components, ``coef_tables`` int32
   (qualities, P, KINDS, COEF_CONTEXTS, COEF_SYMBOLS) for coefficients (symbol = value + COEF_MAX),
-  ``flag_tables`` int32 (FLAG_CONTEXTS, 2) for the static flags (rows 0..2) and the block skip
-  flags (rows FLAG_BLOCK..).
+  ``flag_tables`` int32 (FLAG_CONTEXTS, 2) for the static flags (rows 0..2), the refresh flag
+  (row FLAG_REFRESH) and the block skip flags (rows FLAG_BLOCK..).
 They are fitted after training (``fit_tables``) and stored in the model file, so the encoder
 and the decoder use the same integers on every device: the row ``freq / 2**16`` is exact in
 float64, and constriction quantises it deterministically.
 
-Coding order inside a later group: its static flag, then (when 0) the vertical vector
+Coding order inside a later group: its static flag, then (when 0) its refresh flag, then
+(when 0) the vertical vector
 components grouped by context (ascending), then the horizontal ones likewise, the block skip
 flags likewise, pass-A modes likewise, pass-B modes likewise, the indices grouped by key =
 stage * (2K + 1) + context (ascending; in the first group pass by pass), then the coefficients
@@ -88,7 +92,8 @@ MV_Y_CONTEXTS = 3      # vertical vector components: the co-located previous vec
 MV_CONTEXTS = 3 * MV_Y_CONTEXTS  # then the horizontal ones, 2 per vertical context
 MV_MAX = 2 * RANGE     # a component differs from its prediction by at most this much
 MV_SYMBOLS = 2 * MV_MAX + 1
-FLAG_BLOCK = 3         # first block-flag context (0..2: the group's static flag)
+FLAG_REFRESH = 3       # the refresh flag's context (0..2: the static flag's)
+FLAG_BLOCK = 4         # first block-flag context
 FLAG_CONTEXTS = FLAG_BLOCK + 22
 COEF_MAX = 24          # coefficients are integers in [-COEF_MAX, COEF_MAX]
 COEF_SYMBOLS = 2 * COEF_MAX + 1
@@ -269,24 +274,32 @@ def _walk(sym: Symbols, codes: int):
     prev_static = 2
     hist = np.full((h, w), NEVER, dtype=np.int64)
     for i, g in enumerate(sym.indices):
+        flags = []
+        if i:
+            m = sym.modes[i].astype(np.int64)
+            mv = sym.vectors[i].astype(np.int64)
+            static = bool((m == SKIP).all() and (mv == ZERO).all())
+            flags.append(("flag", np.array([prev_static]), np.array([int(static)])))
+            prev_static = 0 if static else 1
+            if static:
+                yield np.full(g.shape, -1), later, flags, g, np.full((h, w), -1), hist, sym.coefs[i]
+                prev_moved, prev_mv, prev_changed = m != SKIP, mv, np.zeros(mv.shape, dtype=bool)
+                continue
+            refresh = bool((m == INTRA).all() and (mv == ZERO).all())
+            flags.append(("flag", np.array([FLAG_REFRESH]), np.array([int(refresh)])))
+            if refresh:  # coded as a segment's first group, every context afresh
+                ref = prev_moved = prev_mv = prev_changed = None
+                hist = np.full((h, w), NEVER, dtype=np.int64)
+                prev_static = 2
         if ref is None:
-            yield first_index_keys(g, codes), first_passes(h, w), [], g, coef_kinds(None, (h, w)), hist, sym.coefs[i]
+            yield first_index_keys(g, codes), first_passes(h, w), flags, g, coef_kinds(None, (h, w)), hist, sym.coefs[i]
             hist = history(sym.coefs[i])
             ref = g.copy()
-            continue
-        m = sym.modes[i].astype(np.int64)
-        mv = sym.vectors[i].astype(np.int64)
-        static = bool((m == SKIP).all() and (mv == ZERO).all())
-        flag = ("flag", np.array([prev_static]), np.array([int(static)]))
-        prev_static = 0 if static else 1
-        if static:
-            yield np.full(g.shape, -1), later, [flag], g, np.full((h, w), -1), hist, sym.coefs[i]
-            prev_moved, prev_mv, prev_changed = m != SKIP, mv, np.zeros(mv.shape, dtype=bool)
             continue
         skip = skipped_blocks(m)
         coded = ~block_tokens(skip, h, w)
         moved_a = (m != SKIP) & ~odd
-        side = [flag, *mv_symbols(mv, prev_mv),
+        side = [*flags, *mv_symbols(mv, prev_mv),
                 ("flag", block_contexts(prev_changed, mv).reshape(-1), skip.reshape(-1).astype(np.int64)),
                 ("mode", mode_contexts_a(prev_moved, h, w)[~odd & coded], m[~odd & coded]),
                 ("mode", mode_contexts_b(moved_a, prev_moved)[odd & coded], m[odd & coded])]
@@ -422,6 +435,12 @@ class EntropyCoder:
                 continue
             if ref is not None:
                 prev_static = 1
+                if self._decode_runs(dec, "flag", np.array([FLAG_REFRESH]))[0]:  # a first group again
+                    ref = prev_moved = prev_changed = mv = None
+                    hist[:] = NEVER
+                    prev_static = 2
+                    modes = np.full((h, w), INTRA, dtype=np.int64)
+            if ref is not None:
                 mv = self._decode_vectors(dec, mv, mv_shape)
                 skip = self._decode_runs(dec, "flag", block_contexts(prev_changed, mv).reshape(-1)
                                          ).reshape(mv_shape).astype(bool)
@@ -457,6 +476,9 @@ class EntropyCoder:
             hist[sel] = history(c)
             if ref is None:
                 ref = g.copy()
+                if modes is not None:  # a refresh: every token intra, no vector
+                    yield g, modes, np.full(mv_shape, ZERO, dtype=np.int64), coefs.reshape(h, w, P)
+                    continue
             else:
                 intra = modes == INTRA
                 ref[:, intra] = g[:, intra]

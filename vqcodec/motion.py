@@ -10,11 +10,12 @@ as one symbol per block: (dy + RANGE) * SIDE + (dx + RANGE); ZERO is the still v
 keeps the previous group's latent instead (a still block's tokens keep their own history).
 
 The search is the encoder's (sum of absolute differences on luma over the group's frames, each
-against its own prediction; coarse to fine: every whole-pixel vector at quarter resolution on
-the first frame, then +-2 and +-1 whole pixels, +-1/2 and +-1/4 pixel around the best
-at full resolution, read from the reference's 16 precomputed quarter-pixel phases; the still
-vector is kept unless a moving one beats it by 3 %); the decoder only applies the vectors it
-reads.  Nothing here touches the entropy coder.
+against its own prediction, plus lambda times the vector's bits under the caller's rate model;
+coarse to fine: every whole-pixel vector at quarter resolution on the first frame, then from
+the best of that, no motion and the caller's guess: +-2 and +-1 whole pixels, +-1/2 and +-1/4
+pixel at full resolution, read from the reference's 16 precomputed quarter-pixel phases; the
+still vector is kept unless a moving one beats it by 3 %); the decoder only applies the vectors
+it reads.  Nothing here touches the entropy coder: the rate model is a function passed in.
 """
 from __future__ import annotations
 
