@@ -197,6 +197,23 @@ def test_the_decoder_rebuilds_exactly_what_the_encoder_predicted_from(make_clip,
     assert sequence_quality(frames, back).psnr_yuv > 28.0
 
 
+
+def test_a_scene_cut_is_coded_afresh_and_decodes_exactly(carphone_frames, model):
+    from vqcodec import motion
+    from vqcodec.codec import SegmentCoder, step_for_quality
+    from vqcodec.entropy import INTRA
+    flip = lambda f: type(f)(f.y[::-1, ::-1].copy(), f.u[::-1, ::-1].copy(), f.v[::-1, ::-1].copy())
+    frames = carphone_frames[:6] + [flip(f) for f in carphone_frames[6:12]]  # a cut after frame 5
+    coder = SegmentCoder(model, "cpu")
+    latents = []
+    sym = coder.decide(coder.analyse(frames), 4, coder.grid(frames), latents)
+    assert (sym.modes[3] == INTRA).all() and (sym.vectors[3] == motion.ZERO).all()  # group 3 starts the new scene
+    assert (sym.modes[1:3] != INTRA).mean() > 0.5 and (sym.modes[4:] != INTRA).mean() > 0.5
+    G = len(sym.indices)
+    decoded = coder.coder.decode_groups(coder.coder.encode(sym), G, sym.indices.shape[1:], sym.vectors.shape[1:], 4)
+    theirs = list(coder.reconstruct(decoded, step_for_quality(4)))
+    assert all(torch.equal(z, b[0]) for z, b in zip(latents, theirs))
+
 def test_a_static_scene_costs_almost_nothing_after_its_first_group(tmp_path, carphone_frames, model):
     from vqcodec.codec import SegmentCoder
     from vqcodec.entropy import SKIP, Symbols
