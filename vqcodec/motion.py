@@ -145,14 +145,20 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     best = costs.argmin(0)
     vy, vx = o[best // n], o[best % n]  # quarter pixels
     # 2. refine at full resolution: whole pixels +-2 by 2 then +-1, then half and quarter pixels
-    margin = T * RANGE // SUB + 4
+    # the reference is padded as far as any candidate can reach: the starts, then at most
+    # 2 + 1 + 1/2 + 1/4 pixels of refinement (a tighter margin: smaller phases, faster gathers)
+    starts = [vy, vx] + (list(vector(guess)) if guess is not None else [])
+    reach = min(RANGE, int(max(int(a.abs().max()) for a in starts)) + 4 * SUB - 1) if vy.numel() else RANGE
+    margin = T * -(-reach // SUB) + 4
     ph = _phases(r, margin).reshape(-1)
     Hq, Wq = H + 2 * margin + 1, W + 2 * margin + 1
     at = lambda n: torch.arange(n, device=src.device)
     rows = (at(hb)[:, None, None, None] * side + at(side)[None, :, None, None]).clamp_(max=H - 1)
     cols = (at(wb)[None, None, :, None] * side + at(side)[None, None, None, :]).clamp_(max=W - 1)
-    base = (rows + margin) * Wq + cols + margin  # (hb, side, wb, side): where a still block reads
-    sb = s.reshape(T, hb, side, wb, side)
+    # block-major (hb, wb, side, side): each block's pixels are read together, so a varied vector
+    # field costs little more than a uniform one (raster order interleaves every block's rows)
+    base = ((rows + margin) * Wq + cols + margin).permute(0, 2, 1, 3).contiguous()  # where a still block reads
+    sb = s.reshape(T, hb, side, wb, side).permute(0, 1, 3, 2, 4).contiguous()
 
     def cost(ty, tx):
         total = 0
@@ -160,8 +166,8 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
             dy, dx = (t + 1) * ty, (t + 1) * tx
             iy, ix = torch.div(dy, SUB, rounding_mode="floor"), torch.div(dx, SUB, rounding_mode="floor")
             phase = (dy - iy * SUB) * SUB + (dx - ix * SUB)
-            off = (phase * (Hq * Wq) + iy * Wq + ix)[:, None, :, None]
-            total = total + (ph.take(base + off) - sb[t]).abs_().sum((1, 3))
+            off = (phase * (Hq * Wq) + iy * Wq + ix)[:, :, None, None]
+            total = total + (ph.take(base + off) - sb[t]).abs_().sum((2, 3))
         return total
 
     def total(ty, tx):
@@ -169,12 +175,14 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
         return c + lam * rate(ty, tx) if rate is not None and lam else c
 
     zero = torch.zeros_like(vy)
-    still = cost(zero, zero) * STILL_BIAS + (lam * rate(zero, zero) if rate is not None and lam else 0)
+    c0 = cost(zero, zero)
+    r0 = lam * rate(zero, zero) if rate is not None and lam else 0
+    still = c0 * STILL_BIAS + r0
     best = total(vy, vx)
     # other starts: no motion (the coarse stage, on one frame and at a quarter of the resolution,
     # can be fooled by a far match), and the caller's guess
     for gy, gx in [(zero, zero)] + ([vector(guess)] if guess is not None else []):
-        c = total(gy, gx)
+        c = c0 + r0 if gy is zero else total(gy, gx)
         better = c < best
         best, vy, vx = torch.where(better, c, best), torch.where(better, gy, vy), torch.where(better, gx, vx)
     for step in (2 * SUB, SUB, SUB // 2, SUB // 4):
