@@ -169,6 +169,12 @@ REFRESH = 0.5
 BITS_PER_INDEX = 5.0  # rate of an index before a model has tables (while they are fitted)
 
 
+def _neighbours3(m: torch.Tensor) -> torch.Tensor:
+    """entropy._neighbours3 on the device: set cells in each cell's 3x3 neighbourhood of a 2-D mask."""
+    k = torch.ones(1, 1, 3, 3, device=m.device)
+    return torch.nn.functional.conv2d(m[None, None].float(), k, padding=1)[0, 0].round().long()
+
+
 class SegmentCoder:
     """Codes one segment's frames to payload bytes and back, with one model."""
 
@@ -361,11 +367,8 @@ class SegmentCoder:
                      prev_changed: torch.Tensor | None, mv: torch.Tensor, shape: tuple[int, int]) -> None:
         """Make whole blocks skip (in place, on the chosen modes `best`) where that costs less
         than the choices made token by token: a skipped block codes one flag and no modes."""
-        if prev_changed is None:
-            n = torch.full(mv.shape, 10, dtype=torch.long, device=self.device)
-        else:
-            k = torch.ones(1, 1, 3, 3, device=self.device)
-            n = torch.nn.functional.conv2d(prev_changed[None, None].float(), k, padding=1)[0, 0].round().long()
+        n = torch.full(mv.shape, 10, dtype=torch.long, device=self.device) if prev_changed is None \
+            else _neighbours3(prev_changed)
         ctx = FLAG_BLOCK + 11 * (mv != motion.ZERO).long() + n
         chosen = motion.block_sums(costs.gather(0, best[None])[0], shape) + lam * self._flag_bits[ctx, 0]
         skipped = motion.block_sums(d_skip, shape) + lam * self._flag_bits[ctx, 1]
@@ -375,9 +378,7 @@ class SegmentCoder:
         """entropy.mode_contexts_a on the device: changed tokens in each 3x3 neighbourhood."""
         if moved is None:
             return torch.full((shape[0] * shape[1],), MODE_FIRST, dtype=torch.long, device=self.device)
-        m = moved.reshape(1, 1, *shape).float()
-        n = torch.nn.functional.conv2d(m, torch.ones(1, 1, 3, 3, device=m.device), padding=1)
-        return n.round().long().reshape(-1)
+        return _neighbours3(moved.reshape(shape)).reshape(-1)
 
     @torch.no_grad()
     def reconstruct(self, decoded: Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]],

@@ -62,10 +62,9 @@ They are fitted after training (``fit_tables``) and stored in the model file, so
 and the decoder use the same integers on every device: the row ``freq / 2**16`` is exact in
 float64, and constriction quantises it deterministically.
 
-Coding order inside a later group: its static flag, then (when 0) its refresh flag, then
-(when 0) the vertical vector
-components grouped by context (ascending), then the horizontal ones likewise, the block skip
-flags likewise, pass-A modes likewise, pass-B modes likewise, the indices grouped by key =
+Coding order inside a later group: its static flag, then (when 0) its refresh flag, then (when
+0) the vertical vector components grouped by context (ascending), then the horizontal ones
+likewise, the block skip flags likewise, pass-A modes likewise, pass-B modes likewise, the indices grouped by key =
 stage * (2K + 1) + context (ascending; in the first group pass by pass), then the coefficients
 position by position (each position's grouped by kind, then context), raster order inside
 every group of symbols.  Each group of symbols sharing a table is
