@@ -120,6 +120,8 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     `lam` times its bits under `rate` (the caller's model of the vector's code length: where
     pictures match about as well anywhere, the cheapest vector wins).  `guess` (Hb, Wb): vector
     symbols tried as a second start for the refinement (the caller's prediction)."""
+    if not lam:
+        rate = None
     side = BLOCK * patch
     H, W = src.shape[1:]
     hb, wb = -(-H // side), -(-W // side)
@@ -139,7 +141,7 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     n = 2 * k + 1
     costs[(n * n) // 2] *= STILL_BIAS
     o = torch.arange(-k, k + 1, device=src.device) * 4 * SUB
-    if rate is not None and lam:  # one frame at 1/16 of the pixels: 1/(16 T) of the full-resolution cost
+    if rate is not None:  # one frame at 1/16 of the pixels: 1/(16 T) of the full-resolution cost
         oy, ox = o.repeat_interleave(n)[:, None, None], o.repeat(n)[:, None, None]
         costs += lam / (16 * T) * rate(oy.expand(-1, hb, wb), ox.expand(-1, hb, wb))
     best = costs.argmin(0)
@@ -170,21 +172,23 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
             total = total + (ph.take(base + off) - sb[t]).abs_().sum((2, 3))
         return total
 
-    def total(ty, tx):
-        c = cost(ty, tx)
-        return c + lam * rate(ty, tx) if rate is not None and lam else c
-
+    bits = (lambda ty, tx: lam * rate(ty, tx)) if rate is not None else (lambda ty, tx: 0)
     zero = torch.zeros_like(vy)
-    c0 = cost(zero, zero)
-    r0 = lam * rate(zero, zero) if rate is not None and lam else 0
+    c0, r0 = cost(zero, zero), bits(zero, zero)
     still = c0 * STILL_BIAS + r0
-    best = total(vy, vx)
+    best = cost(vy, vx) + bits(vy, vx)
+
+    def keep(c, ty, tx):  # each block keeps the cheaper of its best so far and (ty, tx)
+        nonlocal best, vy, vx
+        better = c < best
+        best, vy, vx = torch.where(better, c, best), torch.where(better, ty, vy), torch.where(better, tx, vx)
+
     # other starts: no motion (the coarse stage, on one frame and at a quarter of the resolution,
     # can be fooled by a far match), and the caller's guess
-    for gy, gx in [(zero, zero)] + ([vector(guess)] if guess is not None else []):
-        c = c0 + r0 if gy is zero else total(gy, gx)
-        better = c < best
-        best, vy, vx = torch.where(better, c, best), torch.where(better, gy, vy), torch.where(better, gx, vx)
+    keep(c0 + r0, zero, zero)
+    if guess is not None:
+        gy, gx = vector(guess)
+        keep(cost(gy, gx) + bits(gy, gx), gy, gx)
     for step in (2 * SUB, SUB, SUB // 2, SUB // 4):
         cy, cx = vy, vx
         for oy in (-1, 0, 1):
@@ -192,10 +196,7 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
                 if oy == 0 and ox == 0:
                     continue
                 ty, tx = (cy + oy * step).clamp(-RANGE, RANGE), (cx + ox * step).clamp(-RANGE, RANGE)
-                c = total(ty, tx)
-                better = c < best
-                best = torch.where(better, c, best)
-                vy, vx = torch.where(better, ty, vy), torch.where(better, tx, vx)
+                keep(cost(ty, tx) + bits(ty, tx), ty, tx)
     return torch.where(still <= best, ZERO, symbol(vy, vx))
 
 
