@@ -80,11 +80,10 @@ def entropy_throughput(vqv: Path) -> dict:
     t_dec = time.perf_counter() - t0
     arrays = []
     for s, groups in zip(segs, decoded):
-        idx = np.stack([g for g, _, _, _ in groups])
-        modes = np.stack([m if m is not None else np.zeros((h, w), np.int64) for _, m, _, _ in groups])
-        mvs = np.stack([v if v is not None else np.full(motion.grid_shape(h, w), motion.ZERO)
-                        for _, _, v, _ in groups])
-        arrays.append(Symbols(idx, modes, mvs, np.stack([c for _, _, _, c in groups]), s.quality))
+        idx, modes, vectors, coefs, fresh = zip(*groups)
+        mvs = [np.full(motion.grid_shape(h, w), motion.ZERO) if v is None else v for v in vectors]
+        arrays.append(Symbols(np.stack(idx), np.stack(modes), np.stack(mvs), np.stack(coefs), s.quality,
+                              np.array(fresh)))
     t0 = time.perf_counter()
     for a in arrays:
         coder.encode(a)

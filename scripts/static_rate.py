@@ -19,7 +19,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from vqcodec.codec import SegmentCoder, encode_file  # noqa: E402
-from vqcodec.entropy import Symbols  # noqa: E402
 from vqcodec.modelfile import load_model  # noqa: E402
 from vqcodec.video import read_frames  # noqa: E402
 
@@ -36,8 +35,7 @@ def main() -> int:
         frames = [next(iter(read_frames(CLIPS / f"{clip}.mp4")))] * 32
         for q in (1, 4, 8):
             s = coder.symbols(frames, q)
-            bits = [coder.coder.estimate_bits(Symbols(s.indices[:g], s.modes[:g], s.vectors[:g], s.coefs[:g], q))
-                    for g in range(1, len(s.indices) + 1)]
+            bits = [coder.coder.estimate_bits(s.groups(0, g)) for g in range(1, len(s.indices) + 1)]
             later = np.diff(bits)
             print(f"| {clip}.mp4 | {q} | {bits[0]:.0f} | {later.max():.0f} | {100 * later.max() / bits[0]:.2f} % "
                   f"| {later.mean():.0f} |", flush=True)

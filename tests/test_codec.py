@@ -173,6 +173,7 @@ def test_damage_is_found_inside_a_memory_mapped_file(tmp_path, carphone, model):
 def test_the_decoder_rebuilds_exactly_what_the_encoder_predicted_from(make_clip, model):
     from vqcodec import motion
     from vqcodec.codec import SegmentCoder, step_for_quality
+    from vqcodec.entropy import fresh_modes
     frames = list(read_frames(make_clip(96, 64, 8)))
     # a camera pan: every frame the picture moves 4 pixels left
     frames = [type(f)(np.roll(f.y, -4 * i, 1), np.roll(f.u, -2 * i, 1), np.roll(f.v, -2 * i, 1))
@@ -186,8 +187,8 @@ def test_the_decoder_rebuilds_exactly_what_the_encoder_predicted_from(make_clip,
     G = sym.indices.shape[0]
     decoded = list(coder.coder.decode_groups(words, G, sym.indices.shape[1:], sym.vectors.shape[1:], 5))
     step = step_for_quality(5)
-    ours = list(coder.reconstruct(((sym.indices[g], sym.modes[g] if g else None, sym.vectors[g] if g else None,
-                                    sym.coefs[g]) for g in range(G)), step))
+    ours = list(coder.reconstruct(((sym.indices[g], fresh_modes(sym.modes[g]) if sym.fresh[g] else sym.modes[g],
+                                    sym.vectors[g], sym.coefs[g], sym.fresh[g]) for g in range(G)), step))
     theirs = list(coder.reconstruct(decoded, step))
     assert all(torch.equal(a[0], b[0]) and all(torch.equal(p, q) for p, q in zip(a[1], b[1]))
                for a, b in zip(ours, theirs))
@@ -207,7 +208,8 @@ def test_a_scene_cut_is_coded_afresh_and_decodes_exactly(carphone_frames, model)
     coder = SegmentCoder(model, "cpu")
     latents = []
     sym = coder.decide(coder.analyse(frames), 4, coder.grid(frames), latents)
-    assert (sym.modes[3] == INTRA).all() and (sym.vectors[3] == motion.ZERO).all()  # group 3 starts the new scene
+    assert sym.fresh.tolist() == [True, False, False, True, False, False]  # group 3 starts the new scene
+    assert (sym.vectors[3] == motion.ZERO).all()
     assert (sym.modes[1:3] != INTRA).mean() > 0.5 and (sym.modes[4:] != INTRA).mean() > 0.5
     G = len(sym.indices)
     decoded = coder.coder.decode_groups(coder.coder.encode(sym), G, sym.indices.shape[1:], sym.vectors.shape[1:], 4)
@@ -216,13 +218,12 @@ def test_a_scene_cut_is_coded_afresh_and_decodes_exactly(carphone_frames, model)
 
 def test_a_static_scene_costs_almost_nothing_after_its_first_group(tmp_path, carphone_frames, model):
     from vqcodec.codec import SegmentCoder
-    from vqcodec.entropy import SKIP, Symbols
+    from vqcodec.entropy import SKIP
     coder = SegmentCoder(model, "cpu")
     frames = [carphone_frames[0]] * 16
     for q in (1, 4, 8):
         s = coder.symbols(frames, q)
-        bits = [coder.coder.estimate_bits(Symbols(s.indices[:g], s.modes[:g], s.vectors[:g], s.coefs[:g], q))
-                for g in range(1, len(s.indices) + 1)]
+        bits = [coder.coder.estimate_bits(s.groups(0, g)) for g in range(1, len(s.indices) + 1)]
         first, later = bits[0], list(np.diff(bits))
         assert (s.modes[1:] == SKIP).mean() > 0.9  # the rest may still improve the picture, cheaply
         assert max(later) < 0.05 * first, (q, first, later)  # the target of issue 6
@@ -274,3 +275,19 @@ def test_a_segment_whose_depth_does_not_match_its_quality_is_refused(tmp_path, c
     assert stages_for_quality(1, model.config.stages) != seg.stages
     with pytest.raises(FormatError, match="operating point"):
         coder.decode(seg.payload, header, seg.frames, 1, seg.stages)
+
+
+def test_a_first_group_predicts_tokens_from_their_neighbours_and_decodes_exactly(carphone_frames, model):
+    from vqcodec.codec import SegmentCoder, step_for_quality
+    from vqcodec.entropy import INTRA, first_passes
+    coder = SegmentCoder(model, "cpu")
+    frames = carphone_frames[:4]
+    latents = []
+    sym = coder.decide(coder.analyse(frames), 2, coder.grid(frames), latents)
+    first = sym.modes[0]
+    assert (first[first_passes(*first.shape) == 0] == INTRA).all()
+    assert (first != INTRA).mean() > 0.2  # a real picture: many tokens are their neighbours' mean, or near it
+    decoded = coder.coder.decode_groups(coder.coder.encode(sym), len(sym.indices), sym.indices.shape[1:],
+                                        sym.vectors.shape[1:], 2)
+    theirs = list(coder.reconstruct(decoded, step_for_quality(2)))
+    assert all(torch.equal(z, b[0]) for z, b in zip(latents, theirs))

@@ -3,7 +3,8 @@ import pytest
 
 from vqcodec.entropy import (FLAG_BLOCK, COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES, MV_SYMBOLS,
                              MV_CONTEXTS, PRECISION, SKIP, FLAG_CONTEXTS, EntropyCoder, Symbols, coef_contexts, count_symbols,
-                             block_contexts, first_index_keys, first_passes, fit_tables, skipped_blocks, history, mode_contexts_a, mode_contexts_b, new_counts,
+                             block_contexts, first_index_keys, first_neighbours, first_passes, first_refs,
+                             fresh_mode_contexts, fresh_modes, MODE_SPATIAL, fit_tables, skipped_blocks, history, mode_contexts_a, mode_contexts_b, new_counts,
                              parity, quantise_rows)
 from vqcodec.motion import VECTORS, ZERO, grid_shape
 
@@ -55,12 +56,14 @@ def check_round_trip(coder, sym):
     words = coder.encode(sym)
     assert words.dtype == np.uint32
     out = decoded(coder, words, sym)
-    assert out[0][1] is None and out[0][2] is None
-    for i, (g, m, v, c) in enumerate(out):
-        intra = np.ones(g.shape[1:], bool) if i == 0 else m == INTRA
-        coded = intra if i == 0 else m != SKIP
-        if i:
+    for i, (g, m, v, c, fresh) in enumerate(out):
+        assert fresh == sym.fresh[i]
+        if fresh:  # pass-1 tokens are intra; there are no vectors
+            assert v is None and np.array_equal(m, fresh_modes(sym.modes[i]))
+            assert (m[first_passes(*m.shape) == 0] == INTRA).all()
+        else:
             assert np.array_equal(m, sym.modes[i]) and np.array_equal(v, sym.vectors[i])
+        intra, coded = m == INTRA, m != SKIP
         assert np.array_equal(g[:, intra], sym.indices[i][:, intra])
         assert np.array_equal(c[coded], sym.coefs[i][coded]) and not c[~coded].any()
 
@@ -137,7 +140,7 @@ def test_the_tables_learn_that_high_positions_are_mostly_zero(coder):
 
 def test_a_static_scene_costs_almost_nothing_after_its_first_group(coder):
     sym = moving(300, changed_rows=0, inter_rows=0)
-    cut = lambda n: Symbols(sym.indices[:n], sym.modes[:n], sym.vectors[:n], sym.coefs[:n], sym.quality)
+    cut = lambda n: sym.groups(0, n)
     first = coder.estimate_bits(cut(1))
     later = coder.estimate_bits(sym) - first
     assert later / (sym.indices.shape[0] - 1) < 0.002 * first  # one static flag per group
@@ -156,11 +159,42 @@ def test_first_group_indices_are_keyed_by_the_neighbour_decoded_before_them():
     assert first_passes(3, 4).tolist() == [[0, 1, 0, 1], [2, 2, 2, 2], [0, 1, 0, 1]]
     g = np.arange(2 * 3 * 4).reshape(2, 3, 4) % K
     rows = 2 * K + 1
-    keys = first_index_keys(g, K)
+    intra = np.full((3, 4), INTRA)
+    keys = first_index_keys(g, intra, K)
     assert keys[0, 0, 0] == K and keys[1, 2, 2] == rows + K                 # pass 1: no neighbour
     assert keys[0, 0, 1] == K + 1 + g[0, 0, 0]                               # pass 2: its left neighbour
     assert keys[1, 1, 3] == rows + K + 1 + g[1, 0, 3]                        # pass 3: the token above
-    assert (first_index_keys(g, K, upto=0)[:, first_passes(3, 4) > 0] == -1).all()
+    assert (first_index_keys(g, intra, K, upto=0)[:, first_passes(3, 4) > 0] == -1).all()
+    # a token predicted from its neighbours codes no indices, and stands for its first neighbour's
+    m = intra.copy()
+    m[0, 1] = SKIP
+    m[1, 1] = INTER
+    ref = first_refs(g, m)
+    assert np.array_equal(ref[:, 0, 1], g[:, 0, 0]) and np.array_equal(ref[:, 1, 1], g[:, 0, 0])
+    keys = first_index_keys(g, m, K)
+    assert (keys[:, 0, 1] == -1).all() and (keys[:, 1, 1] == -1).all()
+    m[1, 1] = INTRA
+    assert first_index_keys(g, m, K)[0, 1, 1] == K + 1 + g[0, 0, 0]       # the token above stands for its left
+
+
+def test_fresh_groups_predict_from_the_two_neighbours_decoded_before():
+    h, w = 3, 4
+    a, b = first_neighbours(h, w)
+    at = lambda i, j: (divmod(int(a[i, j]), w), divmod(int(b[i, j]), w))
+    assert at(0, 0) == ((0, 0), (0, 0))           # pass 1: none
+    assert at(0, 1) == ((0, 0), (0, 2))           # pass 2: left and right
+    assert at(2, 3) == ((2, 2), (2, 2))           # ... the right one outside: the left twice
+    assert at(1, 3) == ((0, 3), (2, 3))           # pass 3: above and below
+    assert first_neighbours(2, 2)[:, 1, 0].tolist() == [0, 0]  # ... the one below outside
+    passes = first_passes(h, w)
+    assert (passes.reshape(-1)[a] < passes).sum() == (passes > 0).sum()
+    assert (passes.reshape(-1)[b] < passes).sum() == (passes > 0).sum()
+    m = np.full((h, w), INTRA)
+    m[0, 3] = SKIP
+    m[2, 0] = SKIP  # pass 1: always intra, whatever the symbols say
+    ctx = fresh_mode_contexts(m)
+    assert ctx[0, 1] == MODE_SPATIAL and ctx[1, 0] == MODE_SPATIAL + 1 and ctx[1, 3] == MODE_SPATIAL + 2
+    assert fresh_modes(m)[2, 0] == INTRA and ctx.max() < MODE_CONTEXTS
 
 
 def smooth_pictures(seed, n=6, h=16, w=20):
@@ -199,14 +233,22 @@ def test_a_block_skips_when_all_its_tokens_do_and_its_flag_knows_its_neighbourho
 
 
 
-def test_a_later_group_all_intra_and_still_is_coded_afresh_as_a_first_group(coder):
+def test_a_fresh_later_group_is_coded_as_a_first_group(coder):
     sym = moving(600, groups=5)
-    sym.modes[3] = INTRA  # a scene cut
-    sym.vectors[3] = ZERO
+    sym.fresh[3] = True  # a scene cut
     check_round_trip(coder, sym)
-    cut = lambda a, b: Symbols(sym.indices[a:b], sym.modes[a:b], sym.vectors[a:b], sym.coefs[a:b], sym.quality)
+    cut = sym.groups
     refresh = coder.estimate_bits(cut(0, 4)) - coder.estimate_bits(cut(0, 3))
     assert abs(refresh - coder.estimate_bits(cut(3, 4))) < 8  # the same bits, and two flags
     # the groups after it are predicted from it as after a segment's first group
     assert abs((coder.estimate_bits(sym) - coder.estimate_bits(cut(0, 4))) - (coder.estimate_bits(cut(3, 5))
                                                                              - coder.estimate_bits(cut(3, 4)))) < 8
+
+
+def test_a_later_group_all_intra_is_not_a_refresh_unless_marked(coder):
+    sym = moving(700, groups=4)
+    sym.modes[2] = INTRA
+    sym.vectors[2] = ZERO
+    check_round_trip(coder, sym)
+    with pytest.raises(ValueError, match="first group"):
+        Symbols(sym.indices, sym.modes, sym.vectors, sym.coefs, sym.quality, np.zeros(4, bool))

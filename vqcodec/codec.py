@@ -24,7 +24,8 @@ import torch
 from . import bitstream as bs
 from . import motion
 from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEVER,
-                      NNZ_BUCKET, SKIP, EntropyCoder, Symbols)
+                      NNZ_BUCKET, SKIP, EntropyCoder, Symbols, first_index_keys, first_neighbours, first_passes,
+                      first_refs, fresh_mode_contexts, index_rows)
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis
@@ -309,20 +310,17 @@ class SegmentCoder:
         stages, step = stages_for_quality(quality, self.cfg.stages), step_for_quality(quality)
         lam = LAMBDA * step * step
         still = torch.full(motion.grid_shape(*shape), motion.ZERO, dtype=torch.long, device=self.device)
-        out_idx, out_mode, out_mv, out_coef = [], [], [], []
-        z_prev = ref = moved = z_src = prev_mv = prev_changed = None
-        hist = torch.full((shape[0] * shape[1],), NEVER, dtype=torch.long, device=self.device)
+        out_idx, out_mode, out_mv, out_coef, out_fresh = [], [], [], [], []
+        z_prev = ref = moved = z_src = prev_mv = prev_changed = hist = None
         for z, planes in groups:
             idx = q.encode(z, stages)
             z_vq = q.decode(idx)
             c_intra = scalar_quantise((z - z_vq) @ self.basis.t(), step, COEF_MAX, DEADZONE)
-            mode = torch.full((z.shape[0],), INTRA, dtype=torch.uint8, device=z.device)
-            mv, z_base, coefs = still, None, c_intra
-            if z_prev is not None:
-                d_intra = ((z - self.rebuild(z_vq, None, mode, c_intra, step)) ** 2).sum(1)
+            mv, fresh = still, z_prev is None
+            if not fresh:
+                d_intra = ((z - self.rebuild(z_vq, None, None, c_intra, step)) ** 2).sum(1)
                 still_tok = ((z - z_src) ** 2).sum(1) <= STILL * d_intra
                 mv, z_base = self._predict(z, z_prev, planes, shape, still_tok, prev_mv, step)
-                prev_mv = mv
                 c_inter = scalar_quantise((z - z_base) @ self.basis.t(), step, COEF_MAX, DEADZONE)
                 z_inter = z_base + (c_inter.float() * step) @ self.basis
                 d_skip = ((z - z_base) ** 2).sum(1)
@@ -336,32 +334,90 @@ class SegmentCoder:
                 best[still_tok] = SKIP
                 if self._flag_bits is not None:
                     self._skip_blocks(best, costs, d_skip, lam, prev_changed, mv, shape)
-                if float((best == INTRA).float().mean()) > REFRESH:  # a new scene: code it as a first group
-                    best[:] = INTRA
-                    mv, z_base, prev_mv, moved, prev_changed = still, None, None, None, None
-                mode = best.to(torch.uint8)
-                coefs = torch.where((best == INTRA)[:, None], c_intra,
-                                    torch.where((best == INTER)[:, None], c_inter, 0))
-                if z_base is None:  # refreshed: every context starts afresh, as after a first group
-                    ref, hist = idx.clone(), self.history(coefs)
-                else:
-                    intra = best == INTRA
-                    ref[:, intra] = idx[:, intra]
-                    moved = best != SKIP
-                    prev_changed = motion.block_sums(moved.float(), shape) > 0
-                    hist = torch.where(moved, self.history(coefs), hist)
-            else:
-                ref = idx.clone()
+                fresh = float((best == INTRA).float().mean()) > REFRESH  # a new scene: code it afresh
+            if fresh:  # a first group, or a refresh: spatial prediction only, every context afresh
+                mv, prev_mv, moved, prev_changed = still, None, None, None
+                mode, coefs, z_prev, ref = self._decide_fresh(z, idx, z_vq, c_intra, quality, shape)
                 hist = self.history(coefs)
-            z_prev, z_src = self.rebuild(z_vq, z_base, mode, coefs, step), z
+            else:
+                prev_mv = mv
+                mode = best
+                coefs = torch.where((best == INTRA)[:, None], c_intra, torch.where((best == INTER)[:, None], c_inter, 0))
+                intra = best == INTRA
+                ref[:, intra] = idx[:, intra]
+                moved = best != SKIP
+                prev_changed = motion.block_sums(moved.float(), shape) > 0
+                hist = torch.where(moved, self.history(coefs), hist)
+                z_prev = self.rebuild(z_vq, z_base, mode, coefs, step)
+            z_src = z
             if latents is not None:
                 latents.append(z_prev)
             out_idx.append(idx.reshape(stages, *shape).cpu())
-            out_mode.append(mode.reshape(shape).cpu())
+            out_mode.append(mode.to(torch.uint8).reshape(shape).cpu())
             out_mv.append(mv.cpu())
             out_coef.append(coefs.to(torch.int8).reshape(*shape, -1).cpu())
+            out_fresh.append(fresh)
         return Symbols(torch.stack(out_idx).numpy(), torch.stack(out_mode).numpy(), torch.stack(out_mv).numpy(),
-                       torch.stack(out_coef).numpy(), quality)
+                       torch.stack(out_coef).numpy(), quality, np.array(out_fresh, dtype=bool))
+
+    def _fresh_layout(self, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """entropy.first_passes and first_neighbours on the device, flattened: (N,), (2, N)."""
+        if getattr(self, "_layout", (None,))[0] != shape:
+            self._layout = (shape, torch.from_numpy(first_passes(*shape).reshape(-1)).to(self.device),
+                            torch.from_numpy(first_neighbours(*shape).reshape(2, -1)).to(self.device))
+        return self._layout[1], self._layout[2]
+
+    def fresh_pass(self, rec: torch.Tensor, z_vq: torch.Tensor, modes: torch.Tensor, coefs: torch.Tensor,
+                   step: float, shape: tuple[int, int], p: int) -> torch.Tensor:
+        """A fresh group's latent `rec` with its pass-p tokens (p = 1, 2: passes 2 and 3) rebuilt
+        from their spatial prediction.  The encoder and the decoder both call this, with the
+        same tensors."""
+        passes, _ = self._fresh_layout(shape)
+        pred = self.spatial_prediction(rec, shape)
+        return torch.where((passes == p)[:, None], self.rebuild(z_vq, pred, modes, coefs, step), rec)
+
+    def spatial_prediction(self, rec: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """Each token's prediction in a fresh group: the mean of its two neighbours' latents in
+        `rec` (entropy.first_neighbours, tokens of earlier passes)."""
+        _, (a, b) = self._fresh_layout(shape)
+        return (rec[a] + rec[b]) * 0.5
+
+    def _decide_fresh(self, z: torch.Tensor, idx: torch.Tensor, z_vq: torch.Tensor, c_intra: torch.Tensor,
+                      quality: int, shape: tuple[int, int]):
+        """A fresh group's choices: pass-1 tokens INTRA; each pass-2/3 token the mode of least
+        distortion + lambda x bits against its spatial prediction.  -> (modes, coefficients,
+        latent, each token's reference indices for the next group's index contexts)."""
+        step = step_for_quality(quality)
+        lam = LAMBDA * step * step  # x 0.25 .. 2 measured the same (BENCHMARKS.md)
+        passes, _ = self._fresh_layout(shape)
+        S, N = idx.shape
+        g = idx.reshape(S, *shape).cpu().numpy()
+        never = torch.full((N,), NEVER, dtype=torch.long, device=self.device)
+        mode = torch.full((N,), INTRA, dtype=torch.long, device=self.device)
+        coefs = c_intra
+        rec = self.rebuild(z_vq, None, None, c_intra, step)
+        r_intra = self._coef_rate(c_intra, 0, quality, never)
+        d_intra = ((z - rec) ** 2).sum(1)
+        for p in (1, 2):
+            sel = passes == p
+            pred = self.spatial_prediction(rec, shape)
+            c_inter = scalar_quantise((z - pred) @ self.basis.t(), step, COEF_MAX, DEADZONE)
+            z_inter = pred + (c_inter.float() * step) @ self.basis
+            m = mode.reshape(shape).cpu().numpy()
+            rows = 0 if self.coder is None else torch.from_numpy(
+                first_index_keys(g, m, self.coder.codes, p).reshape(S, N) % index_rows(self.coder.codes)).to(self.device)
+            costs = torch.stack([d_intra + lam * (self._index_rate(idx, rows) + r_intra),
+                                 ((z - pred) ** 2).sum(1),
+                                 ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, quality, never)])
+            if self._mode_bits is not None:
+                ctx = torch.from_numpy(fresh_mode_contexts(m).reshape(-1)).to(self.device)
+                costs += lam * self._mode_bits[ctx].t()
+            mode = torch.where(sel, costs.argmin(0), mode)
+            coefs = torch.where((sel & (mode == INTER))[:, None], c_inter,
+                                torch.where((sel & (mode == SKIP))[:, None], 0, coefs))
+            rec = self.fresh_pass(rec, z_vq, mode, coefs, step, shape, p)
+        ref = torch.from_numpy(first_refs(g, mode.reshape(shape).cpu().numpy()).reshape(S, N)).to(self.device)
+        return mode, coefs, rec, ref
 
     def _skip_blocks(self, best: torch.Tensor, costs: torch.Tensor, d_skip: torch.Tensor, lam: float,
                      prev_changed: torch.Tensor | None, mv: torch.Tensor, shape: tuple[int, int]) -> None:
@@ -381,22 +437,25 @@ class SegmentCoder:
         return _neighbours3(moved.reshape(shape)).reshape(-1)
 
     @torch.no_grad()
-    def reconstruct(self, decoded: Iterable[tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]],
+    def reconstruct(self, decoded: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, bool]],
                     step: float) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
-        """The decoder's side of decide: (indices, modes, vectors, coefficients) per group ->
-        (latent tokens, decoded planes) per group."""
+        """The decoder's side of decide: (indices, modes, vectors, coefficients, fresh) per group
+        (entropy.EntropyCoder.decode_groups) -> (latent tokens, decoded planes) per group."""
         q = self.net.quantizer
         z_prev = planes = None
-        for g, modes, mv, coefs in decoded:
+        for g, modes, mv, coefs, fresh in decoded:
             S, h, w = g.shape
             idx = torch.from_numpy(g.reshape(S, -1)).to(self.device)
             c = torch.from_numpy(coefs.reshape(h * w, -1)).to(self.device)
-            if modes is None:
-                z = self.rebuild(q.decode(idx), None, None, c, step)
+            m = torch.from_numpy(modes.reshape(-1)).to(self.device)
+            z_vq = q.decode(idx)
+            if fresh:
+                z = self.rebuild(z_vq, None, None, c, step)
+                for p in (1, 2):
+                    z = self.fresh_pass(z, z_vq, m, c, step, (h, w), p)
             else:
-                m = torch.from_numpy(modes.reshape(-1)).to(self.device)
                 z_base = self.base(z_prev, planes, torch.from_numpy(mv).to(self.device), (h, w))
-                z = self.rebuild(q.decode(idx), z_base, m, c, step)
+                z = self.rebuild(z_vq, z_base, m, c, step)
             planes = self.planes(z, (h, w))
             z_prev = z
             yield z, planes
@@ -450,7 +509,8 @@ class SegmentCoder:
         if not 1 <= quality <= min(len(QUALITY_LEVELS), self.coder.qualities) \
                 or stages != stages_for_quality(quality, self.cfg.stages) or stages > self.coder.stages:
             raise FormatError(f"segment quality {quality} with {stages} VQ stages is not a valid operating point")
-        if h * w * (stages + self.cfg.dim) + groups - 1 > self.coder.max_symbols(len(payload)):
+        first = -(-h // 2) * -(-w // 2)  # a fresh group's pass-1 tokens code D + P symbols, the rest a mode or more
+        if first * (stages + self.cfg.dim) + h * w - first + groups - 1 > self.coder.max_symbols(len(payload)):
             raise FormatError("payload is too short for the symbols the header announces")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         frames: list[Frame] = []

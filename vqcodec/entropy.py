@@ -1,18 +1,21 @@
 """Context model and entropy coder: integer probability tables + constriction's range coder.
 
 A segment is a sequence of temporal groups; each group is a grid of h x w tokens.  The first
-group codes every token *intra*.  Every later group starts with a *static* flag: 1 when the
+group is *fresh*: it is coded from nothing before it, in three passes over its tokens (i, j):
+pass 1 the tokens with i and j even, all INTRA; pass 2 the rest of the even rows; pass 3 the odd
+rows.  A pass-2 or pass-3 token has a *mode* (below) and its prediction is the mean of the
+latents of its two neighbours of earlier passes: left and right in pass 2, above and below in
+pass 3 (first_neighbours).  Every later group starts with a *static* flag: 1 when the
 whole group is unchanged (every token SKIP, every block still), and then nothing else is coded for
-it; 0 otherwise, and then a *refresh* flag: 1 when the group is coded exactly as a segment's
-first group, every context afresh (every token INTRA, no vectors: a scene cut); 0 otherwise,
-and then each block of BLOCK x BLOCK tokens has a motion vector and a *skip
+it; 0 otherwise, and then a *refresh* flag: 1 when the group is fresh, coded exactly as a
+segment's first group, every context afresh (a scene cut); 0 otherwise, and then each block of BLOCK x BLOCK tokens has a motion vector and a *skip
 flag* (1: every token of the block is SKIP), and each token of a block that does not skip has a
 *mode*:
   INTRA (0): coded afresh: its D residual-VQ indices, then the scalar coefficients of what
              those stages leave (quantizer.tube_basis, quantizer.scalar_quantise);
   SKIP  (1): nothing more: the token keeps its prediction;
   INTER (2): the scalar coefficients of the change from its prediction.
-The prediction is the previous group's latent of the token where its block stands still, and
+In a later group, the prediction is the previous group's latent of the token where its block stands still, and
 the latent of the motion-compensated previous frames where it moves: each later group carries a
 motion vector per block of tokens (motion.py).  Which vectors and modes the tokens take is the
 encoder's choice (codec.py); the decoder only reads them.
@@ -36,17 +39,20 @@ Contexts (all discrete, all from data the decoder already has):
       previous group is the segment's first (it has no modes);
       pass B (the other tokens): 11 + 3 * (changed 4-neighbours in the current group, all from
       pass A, 0..4) + (the co-located previous mode: 0 skip, 1 changed, 2 none: first group).
+  - modes in a fresh group: pass 2 MODE_SPATIAL; pass 3 MODE_SPATIAL + 1 + how many of its two
+    neighbours (above, below) are not intra (0..2);
   - VQ indices in later groups: (stage, the index at the same stage and place in the last group
     that coded that token intra);
-  - VQ indices in the segment's first group, in three passes over the tokens (i, j): pass 1 the
-    tokens with i and j even, context (stage, K = "no neighbour"); pass 2 those with i even and j
-    odd, context (stage, K + 1 + the index at the same stage of the left neighbour (i, j - 1));
-    pass 3 those with i odd, context (stage, K + 1 + the index at the same stage of the token
-    above (i - 1, j)).  Three quarters of a picture's indices are coded knowing a neighbour's;
+  - VQ indices of the intra tokens of a fresh group, pass by pass: pass 1 context (stage, K =
+    "no neighbour"); passes 2 and 3 (stage, K + 1 + the index at the same stage of its first
+    neighbour: the left one in pass 2, the one above in pass 3), where a neighbour that is not
+    intra stands for its own first neighbour's index (first_refs);  that index also keys the
+    token's indices in the later groups until it codes intra;
   - coefficients: (quality, position in coding order, kind: 0 intra / 1 inter, context
     4 * h + n) with h the token's history: how many non-zero coefficients it had the last time
-    it was coded in this segment (0, 1-2, 3-7, 8 or more; 4 = never, or not since a refresh), and n the number of
-    non-zero coefficients at its earlier positions now (0, 1, 2-3, 4 or more).
+    it was coded in this segment (0, 1-2, 3-7, 8 or more; 0 too when it was SKIP in a fresh
+    group; 4 = never: in a fresh group), and n the number of non-zero coefficients at its
+    earlier positions now (0, 1, 2-3, 4 or more).
 A static region is skipped wholesale in contexts that predict "skip" with near certainty: it
 costs a small fraction of a bit per token; a token's high frequencies, once its low ones are
 zero, cost little more.
@@ -62,10 +68,12 @@ They are fitted after training (``fit_tables``) and stored in the model file, so
 and the decoder use the same integers on every device: the row ``freq / 2**16`` is exact in
 float64, and constriction quantises it deterministically.
 
-Coding order inside a later group: its static flag, then (when 0) its refresh flag, then (when
-0) the vertical vector components grouped by context (ascending), then the horizontal ones
+Coding order inside a fresh group: its pass-2 modes, its pass-3 modes grouped by context, its
+indices pass by pass (grouped by key = stage * (2K + 1) + context, ascending), then its
+coefficients as below.  Inside a later group: its static flag, then (when 0) its refresh flag
+(when 1, the rest is a fresh group's), then (when 0) the vertical vector components grouped by context (ascending), then the horizontal ones
 likewise, the block skip flags likewise, pass-A modes likewise, pass-B modes likewise, the indices grouped by key =
-stage * (2K + 1) + context (ascending; in the first group pass by pass), then the coefficients
+stage * (2K + 1) + context (ascending), then the coefficients
 position by position (each position's grouped by kind, then context), raster order inside
 every group of symbols.  Each group of symbols sharing a table is
 one constriction call, never a Python loop per symbol.  All groups of a segment share one
@@ -86,7 +94,8 @@ INTRA, SKIP, INTER = 0, 1, 2
 MODES = 3
 MODE_FIRST = 10        # pass-A context when the previous group has no modes
 MODE_B = 11            # first pass-B context
-MODE_CONTEXTS = 26
+MODE_SPATIAL = 26      # a fresh group's pass-2 modes; its pass-3 modes: MODE_SPATIAL + 1 + changed neighbours
+MODE_CONTEXTS = MODE_SPATIAL + 4
 MV_Y_CONTEXTS = 3      # vertical vector components: the co-located previous vector still / moved / none
 MV_CONTEXTS = 3 * MV_Y_CONTEXTS  # then the horizontal ones, 2 per vertical context
 MV_MAX = 2 * RANGE     # a component differs from its prediction by at most this much
@@ -108,12 +117,28 @@ class Symbols:
     """What the encoder chose for one segment, at one quality (1-based):
     indices (G, D, h, w): each intra token's VQ indices (the other tokens' are ignored);
     modes (G, h, w): the first group's all INTRA;  vectors (G, Hb, Wb): the first group's ignored;
-    coefs (G, h, w, P): each intra or inter token's coefficients (SKIP tokens' are ignored)."""
+    coefs (G, h, w, P): each intra or inter token's coefficients (SKIP tokens' are ignored);
+    fresh (G,): True for the groups coded as a segment's first (the first, and refreshes; None:
+    the first only), whose pass-1 tokens are INTRA whatever `modes` says and whose vectors are ignored."""
     indices: np.ndarray
     modes: np.ndarray
     vectors: np.ndarray
     coefs: np.ndarray
     quality: int
+    fresh: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.fresh is None:
+            self.fresh = np.arange(len(self.indices)) == 0
+        self.fresh = np.asarray(self.fresh, dtype=bool)
+        if len(self.fresh) and not self.fresh[0]:
+            raise ValueError("a segment's first group is always fresh")
+
+    def groups(self, a: int, b: int) -> "Symbols":
+        """Groups a..b-1 as a segment of their own (group a becomes its first)."""
+        fresh = self.fresh[a:b].copy()
+        fresh[:1] = True
+        return Symbols(self.indices[a:b], self.modes[a:b], self.vectors[a:b], self.coefs[a:b], self.quality, fresh)
 
 
 def history(coefs: np.ndarray) -> np.ndarray:
@@ -203,16 +228,61 @@ def first_passes(h: int, w: int) -> np.ndarray:
     return np.where(i % 2 == 1, 2, j % 2).astype(np.int64)
 
 
-def first_index_keys(g: np.ndarray, codes: int, upto: int = 2) -> np.ndarray:
-    """Keys of a first group's index slots (D, h, w) from its indices g (only those of passes
-    before each slot's are read); slots of passes after `upto` get -1."""
+def first_neighbours(h: int, w: int) -> np.ndarray:
+    """(2, h, w) raster positions of the two neighbours a fresh group's token is predicted from:
+    in pass 1 itself (no prediction); in pass 2 its left and right neighbours (both pass 1); in
+    pass 3 the tokens above and below (passes 1 and 2).  Where the second lies outside the
+    picture, the first stands for it."""
+    i, j = np.arange(h)[:, None], np.arange(w)[None, :]
+    passes = first_passes(h, w)
+    right = np.where(j + 1 < w, j + 1, j - 1)
+    below = np.where(i + 1 < h, i + 1, i - 1)
+    a = np.select([passes == 1, passes == 2], [i * w + j - 1, (i - 1) * w + j], i * w + j)
+    b = np.select([passes == 1, passes == 2], [i * w + right, below * w + j], i * w + j)
+    return np.stack([a, b])
+
+
+def fresh_modes(modes: np.ndarray) -> np.ndarray:
+    """A fresh group's (h, w) modes as coded: pass-1 tokens INTRA."""
+    return np.where(first_passes(*modes.shape) == 0, INTRA, modes).astype(np.int64)
+
+
+def fresh_mode_contexts(modes: np.ndarray) -> np.ndarray:
+    """(h, w) mode contexts of a fresh group's tokens (those of pass 1, which code no mode, too):
+    pass 2 MODE_SPATIAL; pass 3 MODE_SPATIAL + 1 + how many of its two neighbours (above and
+    below, passes 1 and 2) did not code intra (0..2)."""
+    h, w = modes.shape
+    changed = (fresh_modes(modes) != INTRA).reshape(-1)
+    a, b = first_neighbours(h, w)
+    return MODE_SPATIAL + (first_passes(h, w) == 2) * (1 + changed[a] + changed[b])
+
+
+def first_refs(g: np.ndarray, modes: np.ndarray) -> np.ndarray:
+    """(D, h, w) the index each token of a fresh group stands for: its own where it codes intra,
+    else its first neighbour's (itself pass 1, or standing for one).  Reads only the indices of
+    intra tokens, and each pass's only from the passes before it."""
+    D, h, w = g.shape
+    m, passes = fresh_modes(modes).reshape(-1), first_passes(h, w).reshape(-1)
+    a = first_neighbours(h, w)[0].reshape(-1)
+    ref = g.reshape(D, -1).copy()
+    for p in (1, 2):
+        sel = np.flatnonzero((passes == p) & (m != INTRA))
+        ref[:, sel] = ref[:, a[sel]]
+    return ref.reshape(D, h, w)
+
+
+def first_index_keys(g: np.ndarray, modes: np.ndarray, codes: int, upto: int = 2) -> np.ndarray:
+    """Keys of a fresh group's index slots (D, h, w) from its indices g and modes (only the
+    indices of passes before each slot's are read): pass 1 context "none"; later passes the
+    first neighbour's index (first_refs).  Slots of tokens that are not intra, or of passes
+    after `upto`, get -1."""
     D, h, w = g.shape
     passes = first_passes(h, w)
-    left = np.pad(g, ((0, 0), (0, 0), (1, 0)))[:, :, :-1]
-    above = np.pad(g, ((0, 0), (1, 0), (0, 0)))[:, :-1]
-    rows = np.select([passes == 0, passes == 1], [np.full(g.shape, codes), codes + 1 + left], codes + 1 + above)
+    a = first_neighbours(h, w)[0]
+    ref = first_refs(g, modes).reshape(D, -1)[:, a]
+    rows = np.where(passes == 0, codes, codes + 1 + ref)
     keys = np.arange(D, dtype=np.int64)[:, None, None] * index_rows(codes) + rows
-    return np.where(passes <= upto, keys, -1)
+    return np.where(((passes <= upto) & (fresh_modes(modes) == INTRA))[None], keys, -1)
 
 
 def index_keys(ref: np.ndarray, modes: np.ndarray, shape: tuple[int, int, int], codes: int) -> np.ndarray:
@@ -274,26 +344,30 @@ def _walk(sym: Symbols, codes: int):
     hist = np.full((h, w), NEVER, dtype=np.int64)
     for i, g in enumerate(sym.indices):
         flags = []
+        m = sym.modes[i].astype(np.int64)
         if i:
-            m = sym.modes[i].astype(np.int64)
             mv = sym.vectors[i].astype(np.int64)
-            static = bool((m == SKIP).all() and (mv == ZERO).all())
+            refresh = bool(sym.fresh[i])
+            static = bool((m == SKIP).all() and (mv == ZERO).all()) and not refresh
             flags.append(("flag", np.array([prev_static]), np.array([int(static)])))
             prev_static = 0 if static else 1
             if static:
                 yield np.full(g.shape, -1), later, flags, g, np.full((h, w), -1), hist, sym.coefs[i]
                 prev_moved, prev_mv, prev_changed = m != SKIP, mv, np.zeros(mv.shape, dtype=bool)
                 continue
-            refresh = bool((m == INTRA).all() and (mv == ZERO).all())
             flags.append(("flag", np.array([FLAG_REFRESH]), np.array([int(refresh)])))
             if refresh:  # coded as a segment's first group, every context afresh
                 ref = prev_moved = prev_mv = prev_changed = None
                 hist = np.full((h, w), NEVER, dtype=np.int64)
                 prev_static = 2
         if ref is None:
-            yield first_index_keys(g, codes), first_passes(h, w), flags, g, coef_kinds(None, (h, w)), hist, sym.coefs[i]
-            hist = history(sym.coefs[i])
-            ref = g.copy()
+            m = fresh_modes(m)
+            passes, ctx = first_passes(h, w), fresh_mode_contexts(m)
+            side = [*flags, *(("mode", ctx[passes == p], m[passes == p]) for p in (1, 2))]
+            kinds = coef_kinds(m, (h, w))
+            yield first_index_keys(g, m, codes), passes, side, g, kinds, hist, sym.coefs[i]
+            hist = np.where(kinds >= 0, history(sym.coefs[i]), 0)
+            ref = first_refs(g, m)
             continue
         skip = skipped_blocks(m)
         coded = ~block_tokens(skip, h, w)
@@ -413,9 +487,9 @@ class EntropyCoder:
 
     def decode_groups(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
                       mv_shape: tuple[int, int], quality: int):
-        """Yield (indices (D, h, w), modes (h, w), vectors (Hb, Wb), coefficients (h, w, P)) group
-        by group, modes and vectors None in the first group; memory is bounded by one group
-        whatever n_groups is."""
+        """Yield (indices (D, h, w), modes (h, w), vectors (Hb, Wb), coefficients (h, w, P), fresh)
+        group by group, vectors None in fresh groups (the first, and refreshes); memory is bounded
+        by one group whatever n_groups is."""
         offset = self._check_quality(quality)
         dec = constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32))
         D, h, w = shape
@@ -430,7 +504,7 @@ class EntropyCoder:
                 modes = np.full((h, w), SKIP, dtype=np.int64)
                 mv = np.full(mv_shape, ZERO, dtype=np.int64)
                 prev_moved, prev_changed = np.zeros((h, w), dtype=bool), np.zeros(mv_shape, dtype=bool)
-                yield np.zeros(shape, dtype=np.int64), modes, mv, np.zeros((h, w, P), dtype=np.int64)
+                yield np.zeros(shape, dtype=np.int64), modes, mv, np.zeros((h, w, P), dtype=np.int64), False
                 continue
             if ref is not None:
                 prev_static = 1
@@ -438,8 +512,13 @@ class EntropyCoder:
                     ref = prev_moved = prev_changed = mv = None
                     hist[:] = NEVER
                     prev_static = 2
-                    modes = np.full((h, w), INTRA, dtype=np.int64)
-            if ref is not None:
+            fresh = ref is None
+            if fresh:  # modes of passes 2 and 3; pass 1 is intra
+                passes = first_passes(h, w)
+                modes = np.full((h, w), INTRA, dtype=np.int64)
+                for p in (1, 2):
+                    modes[passes == p] = self._decode_runs(dec, "mode", fresh_mode_contexts(modes)[passes == p])
+            else:
                 mv = self._decode_vectors(dec, mv, mv_shape)
                 skip = self._decode_runs(dec, "flag", block_contexts(prev_changed, mv).reshape(-1)
                                          ).reshape(mv_shape).astype(bool)
@@ -452,10 +531,9 @@ class EntropyCoder:
                 if (~skip & skipped_blocks(modes)).any():
                     raise ValueError("a block flagged as changed has no changed token")
             g = np.zeros(shape, dtype=np.int64)
-            if ref is None:  # pass by pass: each pass's contexts are indices of the passes before
-                passes = first_passes(h, w)
+            if fresh:  # pass by pass: each pass's contexts are indices of the passes before
                 for p in range(3):
-                    keys = first_index_keys(g, self.codes, p)
+                    keys = first_index_keys(g, modes, self.codes, p)
                     coded = (keys >= 0) & (passes == p)[None]
                     g[coded] = self._decode_runs(dec, "index", keys[coded])
             else:
@@ -472,17 +550,15 @@ class EntropyCoder:
                 nonzero += c[:, r] != 0
             coefs = np.zeros((h * w, P), dtype=np.int64)
             coefs[sel] = c
-            hist[sel] = history(c)
-            if ref is None:
-                ref = g.copy()
-                if modes is not None:  # a refresh: every token intra, no vector
-                    yield g, modes, np.full(mv_shape, ZERO, dtype=np.int64), coefs.reshape(h, w, P)
-                    continue
+            if fresh:
+                hist[:] = 0  # SKIP tokens of a fresh group: no coefficients
+                ref = first_refs(g, modes)
             else:
                 intra = modes == INTRA
                 ref[:, intra] = g[:, intra]
                 prev_moved, prev_changed = modes != SKIP, ~skip
-            yield g, modes, mv, coefs.reshape(h, w, P)
+            hist[sel] = history(c)
+            yield g, modes, mv, coefs.reshape(h, w, P), fresh
 
     def estimate_bits(self, sym: Symbols) -> float:
         """Ideal code length (-log2 p) of a segment under the tables, to compare with real bytes."""

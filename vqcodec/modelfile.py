@@ -16,7 +16,7 @@ The fingerprint is the first 16 bytes of SHA-256 over the config, every tensor (
 name, little-endian bytes) and the tables; a .vqv file records it and decode checks it.
 Version 2 added the mode and vector tables, version 3 the coefficient and static-flag tables
 (.vqv format 3), version 4 vector tables per component (quarter-pixel vectors, .vqv format 4), version 5 spatial index contexts and block skip flags
-(.vqv format 5).
+(.vqv format 5), version 6 spatial prediction in fresh groups (their mode contexts; .vqv format 6).
 Older files still load as training starting points (--init), or to refit their tables, not as
 codec models.
 """
@@ -35,7 +35,7 @@ from .errors import VqvError
 from .model import ModelConfig, VQVAE
 
 FORMAT = "vqcodec-model"
-VERSION = 5
+VERSION = 6
 Tables = tuple  # (index, mode, vector, coefficient, static-flag tables), int32 tensors
 TABLE_NAMES = ("tables", "mode_tables", "mv_tables", "coef_tables", "flag_tables")
 DEFAULT_NAME = "default.pt"
