@@ -165,7 +165,7 @@ MC_GAIN = 0.8
 # lambda in pixel units, as for the SAD-based searches of classic encoders.
 MV_LAMBDA = 0.25
 # A later group where more than this share of the tokens choose INTRA (a scene cut) is coded as
-# a segment's first group instead: every token intra, indices in spatial contexts, no vectors.
+# a segment's first group instead (fresh): spatial prediction only, every context afresh, no vectors.
 REFRESH = 0.5
 BITS_PER_INDEX = 5.0  # rate of an index before a model has tables (while they are fitted)
 
@@ -193,6 +193,7 @@ class SegmentCoder:
         self._flag_bits = to_dev(self.coder.flag_bits) if self.coder else None
         self._bucket = torch.as_tensor(NNZ_BUCKET, device=device)  # entropy.py's contexts, on the device
         self._edges = torch.tensor(HISTORY_EDGES, device=device)
+        self._layout: tuple = (None,)  # (shape, fresh-group passes, neighbours) on the device
 
     def analyse(self, frames: list[Frame]) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
         """Per temporal group, in order: its latent tokens (N, D) and its planes (T, H, W), (T, H/2, W/2) x 2."""
@@ -362,18 +363,19 @@ class SegmentCoder:
 
     def _fresh_layout(self, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """entropy.first_passes and first_neighbours on the device, flattened: (N,), (2, N)."""
-        if getattr(self, "_layout", (None,))[0] != shape:
+        if self._layout[0] != shape:
             self._layout = (shape, torch.from_numpy(first_passes(*shape).reshape(-1)).to(self.device),
                             torch.from_numpy(first_neighbours(*shape).reshape(2, -1)).to(self.device))
         return self._layout[1], self._layout[2]
 
     def fresh_pass(self, rec: torch.Tensor, z_vq: torch.Tensor, modes: torch.Tensor, coefs: torch.Tensor,
-                   step: float, shape: tuple[int, int], p: int) -> torch.Tensor:
+                   step: float, shape: tuple[int, int], p: int, pred: torch.Tensor | None = None) -> torch.Tensor:
         """A fresh group's latent `rec` with its pass-p tokens (p = 1, 2: passes 2 and 3) rebuilt
-        from their spatial prediction.  The encoder and the decoder both call this, with the
-        same tensors."""
+        from their spatial prediction (`pred`: spatial_prediction(rec), when the caller has it).
+        The encoder and the decoder both call this, with the same tensors."""
         passes, _ = self._fresh_layout(shape)
-        pred = self.spatial_prediction(rec, shape)
+        if pred is None:
+            pred = self.spatial_prediction(rec, shape)
         return torch.where((passes == p)[:, None], self.rebuild(z_vq, pred, modes, coefs, step), rec)
 
     def spatial_prediction(self, rec: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -415,7 +417,7 @@ class SegmentCoder:
             mode = torch.where(sel, costs.argmin(0), mode)
             coefs = torch.where((sel & (mode == INTER))[:, None], c_inter,
                                 torch.where((sel & (mode == SKIP))[:, None], 0, coefs))
-            rec = self.fresh_pass(rec, z_vq, mode, coefs, step, shape, p)
+            rec = self.fresh_pass(rec, z_vq, mode, coefs, step, shape, p, pred)
         ref = torch.from_numpy(first_refs(g, mode.reshape(shape).cpu().numpy()).reshape(S, N)).to(self.device)
         return mode, coefs, rec, ref
 
