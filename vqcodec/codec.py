@@ -343,7 +343,8 @@ class SegmentCoder:
             else:
                 prev_mv = mv
                 mode = best
-                coefs = torch.where((best == INTRA)[:, None], c_intra, torch.where((best == INTER)[:, None], c_inter, 0))
+                coefs = torch.where((best == INTRA)[:, None], c_intra,
+                                    torch.where((best == INTER)[:, None], c_inter, 0))
                 intra = best == INTRA
                 ref[:, intra] = idx[:, intra]
                 moved = best != SKIP
@@ -406,8 +407,9 @@ class SegmentCoder:
             c_inter = scalar_quantise((z - pred) @ self.basis.t(), step, COEF_MAX, DEADZONE)
             z_inter = pred + (c_inter.float() * step) @ self.basis
             m = mode.reshape(shape).cpu().numpy()
-            rows = 0 if self.coder is None else torch.from_numpy(
-                first_index_keys(g, m, self.coder.codes, p).reshape(S, N) % index_rows(self.coder.codes)).to(self.device)
+            rows = 0 if self.coder is None else torch.from_numpy(  # the index contexts if intra
+                first_index_keys(g, m, self.coder.codes, p).reshape(S, N) % index_rows(self.coder.codes)
+            ).to(self.device)
             costs = torch.stack([d_intra + lam * (self._index_rate(idx, rows) + r_intra),
                                  ((z - pred) ** 2).sum(1),
                                  ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, quality, never)])
@@ -511,7 +513,7 @@ class SegmentCoder:
         if not 1 <= quality <= min(len(QUALITY_LEVELS), self.coder.qualities) \
                 or stages != stages_for_quality(quality, self.cfg.stages) or stages > self.coder.stages:
             raise FormatError(f"segment quality {quality} with {stages} VQ stages is not a valid operating point")
-        first = -(-h // 2) * -(-w // 2)  # a fresh group's pass-1 tokens code D + P symbols, the rest a mode or more
+        first = int((first_passes(h, w) == 0).sum())  # a fresh group's intra tokens; each other one codes a mode
         if first * (stages + self.cfg.dim) + h * w - first + groups - 1 > self.coder.max_symbols(len(payload)):
             raise FormatError("payload is too short for the symbols the header announces")
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)

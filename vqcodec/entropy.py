@@ -8,16 +8,16 @@ latents of its two neighbours of earlier passes: left and right in pass 2, above
 pass 3 (first_neighbours).  Every later group starts with a *static* flag: 1 when the
 whole group is unchanged (every token SKIP, every block still), and then nothing else is coded for
 it; 0 otherwise, and then a *refresh* flag: 1 when the group is fresh, coded exactly as a
-segment's first group, every context afresh (a scene cut); 0 otherwise, and then each block of BLOCK x BLOCK tokens has a motion vector and a *skip
-flag* (1: every token of the block is SKIP), and each token of a block that does not skip has a
-*mode*:
+segment's first group, every context afresh (a scene cut); 0 otherwise, and then each block of
+BLOCK x BLOCK tokens has a motion vector and a *skip flag* (1: every token of the block is
+SKIP), and each token of a block that does not skip has a *mode*:
   INTRA (0): coded afresh: its D residual-VQ indices, then the scalar coefficients of what
              those stages leave (quantizer.tube_basis, quantizer.scalar_quantise);
   SKIP  (1): nothing more: the token keeps its prediction;
   INTER (2): the scalar coefficients of the change from its prediction.
-In a later group, the prediction is the previous group's latent of the token where its block stands still, and
-the latent of the motion-compensated previous frames where it moves: each later group carries a
-motion vector per block of tokens (motion.py).  Which vectors and modes the tokens take is the
+In a later group, the prediction is the previous group's latent of the token where its block
+stands still, and the latent of the motion-compensated previous frames where it moves: each
+later group carries a motion vector per block of tokens (motion.py).  Which vectors and modes the tokens take is the
 encoder's choice (codec.py); the decoder only reads them.
 
 Contexts (all discrete, all from data the decoder already has):
@@ -71,11 +71,11 @@ float64, and constriction quantises it deterministically.
 Coding order inside a fresh group: its pass-2 modes, its pass-3 modes grouped by context, its
 indices pass by pass (grouped by key = stage * (2K + 1) + context, ascending), then its
 coefficients as below.  Inside a later group: its static flag, then (when 0) its refresh flag
-(when 1, the rest is a fresh group's), then (when 0) the vertical vector components grouped by context (ascending), then the horizontal ones
-likewise, the block skip flags likewise, pass-A modes likewise, pass-B modes likewise, the indices grouped by key =
-stage * (2K + 1) + context (ascending), then the coefficients
-position by position (each position's grouped by kind, then context), raster order inside
-every group of symbols.  Each group of symbols sharing a table is
+(when 1, the rest is a fresh group's), then (when 0) the vertical vector components grouped by
+context (ascending), then the horizontal ones likewise, the block skip flags likewise, pass-A
+modes likewise, pass-B modes likewise, the indices grouped by key = stage * (2K + 1) + context
+(ascending), then the coefficients position by position (each position's grouped by kind, then
+context), raster order inside every group of symbols.  Each group of symbols sharing a table is
 one constriction call, never a Python loop per symbol.  All groups of a segment share one
 range-coder stream.
 """
@@ -116,7 +116,7 @@ COEF_CONTEXTS = 4 * (NEVER + 1)
 class Symbols:
     """What the encoder chose for one segment, at one quality (1-based):
     indices (G, D, h, w): each intra token's VQ indices (the other tokens' are ignored);
-    modes (G, h, w): the first group's all INTRA;  vectors (G, Hb, Wb): the first group's ignored;
+    modes (G, h, w): each token's mode;  vectors (G, Hb, Wb): each block's (fresh groups' ignored);
     coefs (G, h, w, P): each intra or inter token's coefficients (SKIP tokens' are ignored);
     fresh (G,): True for the groups coded as a segment's first (the first, and refreshes; None:
     the first only), whose pass-1 tokens are INTRA whatever `modes` says and whose vectors are ignored."""
