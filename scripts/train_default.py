@@ -63,8 +63,9 @@ def main() -> int:
     for name in HELD_OUT:
         if not (val / name).exists():
             (val / name).symlink_to((args.clips / "more" / name).resolve())
-    if args.tables_only:
-        return refit(args.work / "default.ckpt", args.out, data, val)
+    if args.tables_only:  # from the last checkpoint, or (none here) from the model as it is
+        ckpt = args.work / "default.ckpt"
+        return refit(ckpt if ckpt.exists() else args.out, args.out, data, val)
     ckpt = args.work / "default.ckpt"
     cmd = ["train", str(data), "-o", str(args.work / "default.pt"), "--checkpoint", str(ckpt), "-y",
            "--steps", str(args.steps), "--val", str(val)]
@@ -84,8 +85,8 @@ def main() -> int:
 
 
 def refit(ckpt: Path, out: Path, data: Path, val: Path) -> int:
-    """Fit the entropy tables of a checkpoint's network anew and write the model (after a change
-    to the context model, or to finish a run whose own fitting was interrupted); the held-out
+    """Fit the entropy tables of a checkpoint's (or a model file's) network anew and write the model
+    (after a change to the context model, or to finish a run whose own fitting was interrupted); the held-out
     validation is measured again, as `vqcodec train` measures it now."""
     import time
 
@@ -97,9 +98,11 @@ def refit(ckpt: Path, out: Path, data: Path, val: Path) -> int:
     t0 = time.time()
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
     cm = load_model(ckpt, need_tables=False)
-    frames = raw.get("train", {}).get("table_frames", TrainOptions.table_frames)
+    facts = {**raw.get("meta", {}), **raw}  # a checkpoint's own, or a model file's meta
+    frames = (facts.get("train") or {}).get("table_frames", TrainOptions.table_frames)
     tables = fit_model_tables(cm.net, [Path(s.path) for s in find_clips(data)], frames=frames)
-    meta = {**cm.meta, "steps": raw["step"], "train": raw.get("train"), "wall_s": round(raw.get("wall_s", 0)),
+    meta = {**cm.meta, "steps": facts.get("step", facts.get("steps")), "train": facts.get("train"),
+            "wall_s": round(facts.get("wall_s", 0)),
             "tables_s": round(time.time() - t0),
             "validation": {f"depth {k}": v for k, v in validate(
                 cm.net, load_validation(val, cm.config.patch, cm.config.frames)).items()}}

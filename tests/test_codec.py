@@ -291,3 +291,27 @@ def test_a_first_group_predicts_tokens_from_their_neighbours_and_decodes_exactly
                                         sym.vectors.shape[1:], 2)
     theirs = list(coder.reconstruct(decoded, step_for_quality(2)))
     assert all(torch.equal(z, b[0]) for z, b in zip(latents, theirs))
+
+
+def test_later_intra_tokens_predict_from_their_neighbours_and_decode_exactly(carphone_frames, model):
+    from vqcodec.codec import SegmentCoder, step_for_quality
+    from vqcodec.entropy import INTRA, NEAR_INTER, NEAR_SKIP, first_passes
+    # new content enters a third of the picture from frame 4 on (too little for a refresh)
+    def enter(f):
+        y, u, v = f.y.copy(), f.u.copy(), f.v.copy()
+        w = f.width // 3 // 4 * 4
+        y[:, :w], u[:, :w // 2], v[:, :w // 2] = f.y[::-1, -w:], f.u[::-1, -w // 2:], f.v[::-1, -w // 2:]
+        return type(f)(y, u, v)
+    frames = carphone_frames[:4] + [enter(f) for f in carphone_frames[4:8]]
+    coder = SegmentCoder(model, "cpu")
+    latents = []
+    sym = coder.decide(coder.analyse(frames), 3, coder.grid(frames), latents)
+    assert not sym.fresh[2]
+    later = sym.modes[2]
+    near = (later == NEAR_SKIP) | (later == NEAR_INTER)
+    assert near.sum() > 0.1 * ((later == INTRA) | near).sum()  # much of the new content is its neighbours' mean
+    assert not (near & (first_passes(*later.shape) == 0)).any()
+    decoded = coder.coder.decode_groups(coder.coder.encode(sym), len(sym.indices), sym.indices.shape[1:],
+                                        sym.vectors.shape[1:], 3)
+    theirs = list(coder.reconstruct(decoded, step_for_quality(3)))
+    assert all(torch.equal(z, b[0]) for z, b in zip(latents, theirs))

@@ -4,7 +4,8 @@ import pytest
 from vqcodec.entropy import (FLAG_BLOCK, COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES, MV_SYMBOLS,
                              MV_CONTEXTS, PRECISION, SKIP, FLAG_CONTEXTS, EntropyCoder, Symbols, coef_contexts, count_symbols,
                              block_contexts, first_index_keys, first_neighbours, first_passes, first_refs,
-                             fresh_mode_contexts, fresh_modes, MODE_SPATIAL, fit_tables, skipped_blocks, history, mode_contexts_a, mode_contexts_b, new_counts,
+                             fresh_mode_contexts, fresh_modes, MODE_SPATIAL, MODE_NEAR, NEAR_INTER, NEAR_SKIP,
+                             coef_kinds, main_modes, near_contexts, near_places, fit_tables, skipped_blocks, history, mode_contexts_a, mode_contexts_b, new_counts,
                              parity, quantise_rows)
 from vqcodec.motion import VECTORS, ZERO, grid_shape
 
@@ -63,7 +64,7 @@ def check_round_trip(coder, sym):
             assert (m[first_passes(*m.shape) == 0] == INTRA).all()
         else:
             assert np.array_equal(m, sym.modes[i]) and np.array_equal(v, sym.vectors[i])
-        intra, coded = m == INTRA, m != SKIP
+        intra, coded = m == INTRA, coef_kinds(m, m.shape) >= 0
         assert np.array_equal(g[:, intra], sym.indices[i][:, intra])
         assert np.array_equal(c[coded], sym.coefs[i][coded]) and not c[~coded].any()
 
@@ -252,3 +253,41 @@ def test_a_later_group_all_intra_is_not_a_refresh_unless_marked(coder):
     check_round_trip(coder, sym)
     with pytest.raises(ValueError, match="first group"):
         Symbols(sym.indices, sym.modes, sym.vectors, sym.coefs, sym.quality, np.zeros(4, bool))
+
+
+def with_near_modes(sym: Symbols, seed: int) -> Symbols:
+    """`sym` with some later INTRA tokens outside pass 1 made NEAR_SKIP or NEAR_INTER."""
+    rng = np.random.default_rng(seed)
+    for i in range(1, len(sym.modes)):
+        m = sym.modes[i]
+        pick = near_places(m) & (rng.random(m.shape) < 0.6)
+        m[pick] = rng.choice([NEAR_SKIP, NEAR_INTER], int(pick.sum()))
+    return sym
+
+
+def test_later_near_modes_round_trip_and_code_only_what_they_use(coder):
+    sym = with_near_modes(moving(800, groups=5, changed_rows=6), 1)
+    assert (sym.modes[1:] == NEAR_SKIP).any() and (sym.modes[1:] == NEAR_INTER).any()
+    check_round_trip(coder, sym)
+    # a NEAR_SKIP token codes no coefficient and no index: changing them changes nothing
+    other = Symbols(sym.indices.copy(), sym.modes, sym.vectors, sym.coefs.copy(), sym.quality)
+    near = other.modes == NEAR_SKIP
+    near[0] = False
+    other.coefs[near] = 1
+    other.indices[:, :][np.broadcast_to(near[:, None], other.indices.shape)] = 0
+    assert np.array_equal(coder.encode(other), coder.encode(sym))
+
+
+def test_near_contexts_read_only_the_modes_decoded_before_them():
+    m = np.full((4, 6), SKIP, dtype=np.int64)
+    m[0, :3] = INTRA
+    m[1, 1] = INTRA
+    assert near_places(m).tolist()[0] == [False, True, False, False, False, False]  # pass 1 codes no near mode
+    assert near_places(m)[1, 1]
+    ctx = near_contexts(m)
+    assert ctx[0, 1] == MODE_NEAR + 0  # pass 2: left and right both INTRA
+    assert ctx[1, 1] == MODE_NEAR + 3 + 1  # pass 3: above INTRA, below SKIP
+    m2 = m.copy()
+    m2[0, 1] = NEAR_INTER  # a near mode is coded after every main mode: contexts see it as INTRA
+    assert np.array_equal(near_contexts(m2), ctx) and np.array_equal(main_modes(m2), m)
+    assert ctx.max() < MODE_CONTEXTS

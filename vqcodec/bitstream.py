@@ -45,7 +45,7 @@ from typing import Iterator
 
 MAGIC = b"VQVC"
 SEGMENT_MAGIC = b"VQSG"
-VERSION = 6
+VERSION = 7
 HEADER_SIZE = 64
 SEGMENT_HEADER_SIZE = 24
 PIX_FMTS = {0: "yuv420p"}

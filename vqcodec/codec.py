@@ -23,9 +23,9 @@ import torch
 
 from . import bitstream as bs
 from . import motion
-from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEVER,
-                      NNZ_BUCKET, SKIP, EntropyCoder, Symbols, first_index_keys, first_neighbours, first_passes,
-                      first_refs, fresh_mode_contexts, index_rows)
+from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEAR_INTER,
+                      NEAR_SKIP, NEVER, NNZ_BUCKET, SKIP, EntropyCoder, Symbols, first_index_keys, first_neighbours,
+                      first_passes, first_refs, fresh_mode_contexts, index_rows, near_contexts)
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis
@@ -329,8 +329,10 @@ class SegmentCoder:
                     d_intra + lam * (self._index_rate(idx, ref) + self._coef_rate(c_intra, 0, quality, hist)),
                     d_skip,
                     ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, quality, hist)])
+                main_bits = torch.zeros_like(costs)
                 if self._mode_bits is not None:  # the modes' own bits, in their pass-A contexts
-                    costs += lam * self._mode_bits[self._mode_context(moved, shape)].t()
+                    main_bits = lam * self._mode_bits[self._mode_context(moved, shape)].t()
+                    costs += main_bits
                 best = costs.argmin(0)
                 best[still_tok] = SKIP
                 if self._flag_bits is not None:
@@ -342,15 +344,15 @@ class SegmentCoder:
                 hist = self.history(coefs)
             else:
                 prev_mv = mv
-                mode = best
                 coefs = torch.where((best == INTRA)[:, None], c_intra,
                                     torch.where((best == INTER)[:, None], c_inter, 0))
-                intra = best == INTRA
+                mode, coefs, z_prev = self._decide_near(z, z_base, z_vq, best, coefs, costs[INTRA], main_bits[INTRA],
+                                                         quality, shape, hist)
+                intra = mode == INTRA
                 ref[:, intra] = idx[:, intra]
-                moved = best != SKIP
+                moved = mode != SKIP
                 prev_changed = motion.block_sums(moved.float(), shape) > 0
-                hist = torch.where(moved, self.history(coefs), hist)
-                z_prev = self.rebuild(z_vq, z_base, mode, coefs, step)
+                hist = torch.where(moved & (mode != NEAR_SKIP), self.history(coefs), hist)
             z_src = z
             if latents is not None:
                 latents.append(z_prev)
@@ -378,6 +380,63 @@ class SegmentCoder:
         if pred is None:
             pred = self.spatial_prediction(rec, shape)
         return torch.where((passes == p)[:, None], self.rebuild(z_vq, pred, modes, coefs, step), rec)
+
+    def near_pass(self, rec: torch.Tensor, modes: torch.Tensor, coefs: torch.Tensor, step: float,
+                  shape: tuple[int, int], p: int) -> torch.Tensor:
+        """A later group's latent `rec` with its pass-p NEAR_SKIP / NEAR_INTER tokens rebuilt from
+        their two neighbours' mean (only those rows are computed).  The encoder and the decoder
+        both call this, with the same tensors."""
+        passes, (a, b) = self._fresh_layout(shape)
+        at = torch.nonzero((passes == p) & (modes >= NEAR_SKIP))[:, 0]
+        if not len(at):
+            return rec
+        pred = (rec[a[at]] + rec[b[at]]) * 0.5
+        change = (coefs[at].float() * step) @ self.basis
+        rec = rec.clone()
+        rec[at] = torch.where((modes[at] == NEAR_INTER)[:, None], pred + change, pred)
+        return rec
+
+    def rebuild_later(self, z_vq: torch.Tensor, z_base: torch.Tensor, modes: torch.Tensor, coefs: torch.Tensor,
+                      step: float, shape: tuple[int, int]) -> torch.Tensor:
+        """A later group's latent from its modes: rebuild, then the near tokens pass by pass."""
+        z = self.rebuild(z_vq, z_base, modes, coefs, step)
+        for p in (1, 2):
+            z = self.near_pass(z, modes, coefs, step, shape, p)
+        return z
+
+    def _decide_near(self, z: torch.Tensor, z_base: torch.Tensor, z_vq: torch.Tensor, best: torch.Tensor,
+                     coefs: torch.Tensor, intra_cost: torch.Tensor, main_bits: torch.Tensor, quality: int,
+                     shape: tuple[int, int], hist: torch.Tensor):
+        """A later group's INTRA tokens outside pass 1, pass by pass, keep INTRA or take NEAR_SKIP /
+        NEAR_INTER (their two neighbours' mean, or it plus the coded change), whichever costs least
+        distortion + lambda x bits (`intra_cost`: INTRA's, its main mode's bits `main_bits` included;
+        every choice codes that INTRA).  -> (modes, coefficients, the latent as the decoder rebuilds it)."""
+        step = step_for_quality(quality)
+        passes, (a, b) = self._fresh_layout(shape)
+        rec = self.rebuild(z_vq, z_base, best, coefs, step)
+        if not bool(((best == INTRA) & (passes > 0)).any()):
+            return best, coefs, rec
+        lam = LAMBDA * step * step
+        ctx = torch.from_numpy(near_contexts(best.reshape(shape).cpu().numpy()).reshape(-1)).to(self.device)
+        mode, coefs = best.clone(), coefs.clone()
+        for p in (1, 2):
+            at = torch.nonzero((passes == p) & (best == INTRA))[:, 0]
+            if not len(at):
+                continue
+            pred = (rec[a[at]] + rec[b[at]]) * 0.5
+            src = z[at]
+            c_near = scalar_quantise((src - pred) @ self.basis.t(), step, COEF_MAX, DEADZONE)
+            z_near = pred + (c_near.float() * step) @ self.basis
+            costs = torch.stack([intra_cost[at], ((src - pred) ** 2).sum(1) + main_bits[at],
+                                 ((src - z_near) ** 2).sum(1) + main_bits[at]
+                                 + lam * self._coef_rate(c_near, 1, quality, hist[at])])
+            if self._mode_bits is not None:  # each choice's near-mode bits
+                costs += lam * self._mode_bits[ctx[at]].t()
+            choice = costs.argmin(0)
+            mode[at] = torch.where(choice == 1, NEAR_SKIP, torch.where(choice == 2, NEAR_INTER, mode[at]))
+            coefs[at] = torch.where((choice == 1)[:, None], 0, torch.where((choice == 2)[:, None], c_near, coefs[at]))
+            rec = self.near_pass(rec, mode, coefs, step, shape, p)
+        return mode, coefs, rec
 
     def spatial_prediction(self, rec: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
         """Each token's prediction in a fresh group: the mean of its two neighbours' latents in
@@ -459,7 +518,7 @@ class SegmentCoder:
                     z = self.fresh_pass(z, z_vq, m, c, step, (h, w), p)
             else:
                 z_base = self.base(z_prev, planes, torch.from_numpy(mv).to(self.device), (h, w))
-                z = self.rebuild(z_vq, z_base, m, c, step)
+                z = self.rebuild_later(z_vq, z_base, m, c, step, (h, w))
             planes = self.planes(z, (h, w))
             z_prev = z
             yield z, planes

@@ -17,7 +17,12 @@ SKIP), and each token of a block that does not skip has a *mode*:
   INTER (2): the scalar coefficients of the change from its prediction.
 In a later group, the prediction is the previous group's latent of the token where its block
 stands still, and the latent of the motion-compensated previous frames where it moves: each
-later group carries a motion vector per block of tokens (motion.py).  Which vectors and modes the tokens take is the
+later group carries a motion vector per block of tokens (motion.py).  A later group's INTRA token
+outside pass 1 (the passes of a fresh group, above) then has a *near mode*, for what the previous
+group does not predict (new content, uncovered background): 0 it stays INTRA; 1 NEAR_SKIP, its
+latent is the mean of its two neighbours' (as in a fresh group: left and right in pass 2, above and
+below in pass 3, tokens of pass 1, earlier passes or not INTRA, all decoded before it); 2 NEAR_INTER,
+that mean plus the coded change (coefficients as INTER).  Which vectors and modes the tokens take is the
 encoder's choice (codec.py); the decoder only reads them.
 
 Contexts (all discrete, all from data the decoder already has):
@@ -41,6 +46,8 @@ Contexts (all discrete, all from data the decoder already has):
       pass A, 0..4) + (the co-located previous mode: 0 skip, 1 changed, 2 none: first group).
   - modes in a fresh group: pass 2 MODE_SPATIAL; pass 3 MODE_SPATIAL + 1 + how many of its two
     neighbours (above, below) are not intra (0..2);
+  - near modes in a later group: MODE_NEAR + 3 * (pass - 2) + how many of its two neighbours did
+    not code INTRA as their mode (0..2);
   - VQ indices in later groups: (stage, the index at the same stage and place in the last group
     that coded that token intra);
   - VQ indices of the intra tokens of a fresh group, pass by pass: pass 1 context (stage, K =
@@ -73,7 +80,7 @@ indices pass by pass (grouped by key = stage * (2K + 1) + context, ascending), t
 coefficients as below.  Inside a later group: its static flag, then (when 0) its refresh flag
 (when 1, the rest is a fresh group's), then (when 0) the vertical vector components grouped by
 context (ascending), then the horizontal ones likewise, the block skip flags likewise, pass-A
-modes likewise, pass-B modes likewise, the indices grouped by key = stage * (2K + 1) + context
+modes likewise, pass-B modes likewise, near modes likewise, the indices grouped by key = stage * (2K + 1) + context
 (ascending), then the coefficients position by position (each position's grouped by kind, then
 context), raster order inside every group of symbols.  Each group of symbols sharing a table is
 one constriction call, never a Python loop per symbol.  All groups of a segment share one
@@ -95,7 +102,12 @@ MODES = 3
 MODE_FIRST = 10        # pass-A context when the previous group has no modes
 MODE_B = 11            # first pass-B context
 MODE_SPATIAL = 26      # a fresh group's pass-2 modes; its pass-3 modes: MODE_SPATIAL + 1 + changed neighbours
-MODE_CONTEXTS = MODE_SPATIAL + 4
+MODE_NEAR = 30         # a later group's near modes: MODE_NEAR + (0 in pass 2, 3 in pass 3) + neighbours not INTRA
+MODE_CONTEXTS = MODE_NEAR + 6
+# a later group's INTRA token outside pass 1 may instead be predicted from its two neighbours, as in a
+# fresh group: NEAR_SKIP keeps their mean, NEAR_INTER codes its change from it (Symbols.modes values;
+# coded as INTRA, then a near mode 0 intra / 1 near skip / 2 near inter)
+NEAR_SKIP, NEAR_INTER = 3, 4
 MV_Y_CONTEXTS = 3      # vertical vector components: the co-located previous vector still / moved / none
 MV_CONTEXTS = 3 * MV_Y_CONTEXTS  # then the horizontal ones, 2 per vertical context
 MV_MAX = 2 * RANGE     # a component differs from its prediction by at most this much
@@ -285,6 +297,29 @@ def first_index_keys(g: np.ndarray, modes: np.ndarray, codes: int, upto: int = 2
     return np.where(((passes <= upto) & (fresh_modes(modes) == INTRA))[None], keys, -1)
 
 
+def main_modes(modes: np.ndarray) -> np.ndarray:
+    """A later group's (h, w) modes as its mode passes code them: NEAR_SKIP and NEAR_INTER as INTRA."""
+    return np.where(modes >= NEAR_SKIP, INTRA, modes).astype(np.int64)
+
+
+def near_places(modes: np.ndarray) -> np.ndarray:
+    """(h, w) True where a later group's token codes a near mode: INTRA (as coded) outside pass 1."""
+    return (main_modes(modes) == INTRA) & (first_passes(*modes.shape) > 0)
+
+
+def near_contexts(modes: np.ndarray) -> np.ndarray:
+    """(h, w) near-mode contexts of a later group (from its modes as coded): MODE_NEAR + 3 x
+    (first_passes - 1) + how many of the token's two neighbours (first_neighbours) are not INTRA."""
+    h, w = modes.shape
+    other = (main_modes(modes) != INTRA).reshape(-1)
+    a, b = first_neighbours(h, w)
+    return MODE_NEAR + 3 * np.maximum(first_passes(h, w) - 1, 0) + other[a] + other[b]
+
+
+NEAR_SYMBOL = np.array([0, 0, 0, 1, 2])  # a later group's mode -> its near-mode symbol
+NEAR_MODE = np.array([INTRA, NEAR_SKIP, NEAR_INTER])
+
+
 def index_keys(ref: np.ndarray, modes: np.ndarray, shape: tuple[int, int, int], codes: int) -> np.ndarray:
     """Key (stage * (2K + 1) + context) of every index slot (D, h, w) of a later group; slots of
     tokens that code no indices (SKIP and INTER) get -1.
@@ -295,10 +330,11 @@ def index_keys(ref: np.ndarray, modes: np.ndarray, shape: tuple[int, int, int], 
 
 
 def coef_kinds(modes: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
-    """(h, w) kind of each token's coefficients: 0 intra, 1 inter, -1 none (SKIP)."""
+    """(h, w) kind of each token's coefficients: 0 intra, 1 inter (INTER, NEAR_INTER), -1 none
+    (SKIP, NEAR_SKIP)."""
     if modes is None:
         return np.zeros(shape, dtype=np.int64)
-    return np.select([modes == INTRA, modes == INTER], [0, 1], -1).astype(np.int64)
+    return np.select([modes == INTRA, (modes == INTER) | (modes == NEAR_INTER)], [0, 1], -1).astype(np.int64)
 
 
 def mv_contexts(prev_mv: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
@@ -372,10 +408,12 @@ def _walk(sym: Symbols, codes: int):
         skip = skipped_blocks(m)
         coded = ~block_tokens(skip, h, w)
         moved_a = (m != SKIP) & ~odd
+        mm, near = main_modes(m), near_places(m)
         side = [*flags, *mv_symbols(mv, prev_mv),
                 ("flag", block_contexts(prev_changed, mv).reshape(-1), skip.reshape(-1).astype(np.int64)),
-                ("mode", mode_contexts_a(prev_moved, h, w)[~odd & coded], m[~odd & coded]),
-                ("mode", mode_contexts_b(moved_a, prev_moved)[odd & coded], m[odd & coded])]
+                ("mode", mode_contexts_a(prev_moved, h, w)[~odd & coded], mm[~odd & coded]),
+                ("mode", mode_contexts_b(moved_a, prev_moved)[odd & coded], mm[odd & coded]),
+                ("mode", near_contexts(m)[near], NEAR_SYMBOL[m[near]])]
         kinds = coef_kinds(m, (h, w))
         yield index_keys(ref, m, g.shape, codes), later, side, g, kinds, hist, sym.coefs[i]
         hist = np.where(kinds >= 0, history(sym.coefs[i]), hist)
@@ -528,6 +566,8 @@ class EntropyCoder:
                 modes[a] = self._decode_runs(dec, "mode", mode_contexts_a(prev_moved, h, w)[a])
                 moved_a = (modes != SKIP) & ~odd
                 modes[b] = self._decode_runs(dec, "mode", mode_contexts_b(moved_a, prev_moved)[b])
+                near = near_places(modes)
+                modes[near] = NEAR_MODE[self._decode_runs(dec, "mode", near_contexts(modes)[near])]
                 if (~skip & skipped_blocks(modes)).any():
                     raise ValueError("a block flagged as changed has no changed token")
             g = np.zeros(shape, dtype=np.int64)

@@ -35,7 +35,7 @@ from .errors import VqvError
 from .model import ModelConfig, VQVAE
 
 FORMAT = "vqcodec-model"
-VERSION = 6
+VERSION = 7
 Tables = tuple  # (index, mode, vector, coefficient, static-flag tables), int32 tensors
 TABLE_NAMES = ("tables", "mode_tables", "mv_tables", "coef_tables", "flag_tables")
 DEFAULT_NAME = "default.pt"
@@ -112,7 +112,7 @@ def load_model(path: Path | None = None, device: str = "cpu", need_tables: bool 
     tables = tuple(raw[name] for name in TABLE_NAMES) if all(name in raw for name in TABLE_NAMES) else None
     if need_tables and raw.get("version", 0) < VERSION:
         raise VqvError(f"{path}: a model file of an earlier vqcodec (version {raw.get('version')}); its entropy "
-                       "tables predate .vqv format 5: refit them (scripts/train_default.py --tables-only) or "
+                       f"tables predate .vqv format {VERSION}: refit them (scripts/train_default.py --tables-only) or "
                        "start a training from it with --init")
     if need_tables and tables is None:
         raise VqvError(f"{path}: a training checkpoint without entropy tables; finalise it first "
