@@ -291,3 +291,29 @@ def test_near_contexts_read_only_the_modes_decoded_before_them():
     m2[0, 1] = NEAR_INTER  # a near mode is coded after every main mode: contexts see it as INTRA
     assert np.array_equal(near_contexts(m2), ctx) and np.array_equal(main_modes(m2), m)
     assert ctx.max() < MODE_CONTEXTS
+
+
+def test_adapted_rows_stay_integer_rows_of_fixed_total_and_follow_the_counts():
+    from vqcodec.entropy import ADAPT_PRIOR, adapted_rows
+    table = quantise_rows(np.full((3, 5), 0.2))
+    counts = np.array([[0, 0, 0, 0, 0], [40, 0, 0, 0, 0], [0, 0, 0, 0, 10 ** 9]])
+    rows = adapted_rows(table, counts)
+    assert rows.dtype == np.int64 and (rows.sum(1) == 1 << PRECISION).all() and (rows >= 1).all()
+    assert np.array_equal(rows[0], table[0])  # no counts: the table's row
+    assert rows[1, 0] > rows[1, 1] and rows[1, 1] == rows[1, 4]
+    p = rows[1, 0] / (1 << PRECISION)  # the table's row weighs ADAPT_PRIOR symbols
+    assert abs(p - (ADAPT_PRIOR * 0.2 + 40) / (ADAPT_PRIOR + 40)) < 1e-3
+    assert rows[2, 4] == (1 << PRECISION) - 4  # however certain, the others keep one unit each
+
+
+def test_a_segment_learns_statistics_its_tables_did_not_expect(coder):
+    """Every later group the same unusual one: the later ones cost less and less (to half and
+    below), and the bytes follow the adapted estimate."""
+    sym = moving(900, groups=8, changed_rows=4, inter_rows=0)
+    sym.coefs[1:] = np.where(sym.coefs[1:] != 0, 5, 0)  # values the tables make expensive
+    sym.indices[1:] = sym.indices[1]
+    later = [coder.estimate_bits(sym.groups(0, g + 1)) - coder.estimate_bits(sym.groups(0, g)) for g in range(1, 8)]
+    assert later[1] < 0.7 * later[0] and max(later[3:]) < 0.5 * later[0]
+    words = coder.encode(sym)
+    assert abs(32 * len(words) - coder.estimate_bits(sym)) < 64
+    check_round_trip(coder, sym)

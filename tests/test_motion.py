@@ -74,7 +74,7 @@ def test_the_search_finds_a_sub_pixel_pan_and_keeps_a_still_picture_still():
 
 
 def test_vectors_out_of_the_decoders_range_are_refused():
-    from vqcodec.entropy import EntropyCoder, fit_tables, new_counts
+    from vqcodec.entropy import EntropyCoder, _Adaptive, fit_tables, new_counts
     counts = list(new_counts(1, 4, 1, 48))
     coder = EntropyCoder(*fit_tables(counts))
     import constriction
@@ -85,7 +85,7 @@ def test_vectors_out_of_the_decoders_range_are_refused():
     enc.encode(np.array([2 * RANGE], dtype=np.int32), coder._model("mv", 3 + 2 * 2 + 1))
     dec = constriction.stream.queue.RangeDecoder(enc.get_compressed())
     try:
-        coder._decode_vectors(dec, None, shape)
+        coder._decode_vectors(dec, _Adaptive(coder), None, shape)
     except ValueError as exc:
         assert "out of range" in str(exc)
     else:

@@ -533,7 +533,8 @@ class SegmentCoder:
 
     def pack(self, sym: Symbols) -> tuple[bytes, float]:
         """(payload bytes, ideal code length in bits under the tables)."""
-        return self.coder.encode(sym).astype("<u4").tobytes(), self.coder.estimate_bits(sym)
+        words, bits = self.coder.encode_measured(sym)
+        return words.astype("<u4").tobytes(), bits
 
     def encode(self, frames: list[Frame], quality: int) -> tuple[bytes, float]:
         return self.pack(self.symbols(frames, quality))

@@ -122,6 +122,12 @@ NNZ_BUCKET = np.array([0, 1, 2, 2, 3])  # non-zeros so far (capped at 4) -> cont
 HISTORY_EDGES = (1, 3, 8)                # a token's last non-zero count -> history 0..3
 NEVER = len(HISTORY_EDGES) + 1         # history of a token not coded yet in the segment: 4
 COEF_CONTEXTS = 4 * (NEVER + 1)
+# Adaptation inside a segment: a row's distribution for a group mixes the table's row, weighted as
+# ADAPT_PRIOR symbols, with the counts of the symbols coded in that context in the segment's
+# earlier groups; a row whose count passes ADAPT_LIMIT has its counts halved (rounding up), so
+# recent groups weigh more.  Integers throughout: every device forms the same rows.
+ADAPT_PRIOR = 128
+ADAPT_LIMIT = 1024
 
 
 @dataclass
@@ -440,6 +446,65 @@ def _runs(keys: np.ndarray):
     return order, sk[starts].astype(np.int64) if len(sk) else sk.astype(np.int64), starts, ends
 
 
+def adapted_rows(table_rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Integer rows (n, K) of a table (each summing to 2**PRECISION) and the symbol counts (n, K) of
+    their contexts so far -> the rows to code with: ADAPT_PRIOR x table + 2**PRECISION x counts,
+    quantised to integers >= 1 summing to 2**PRECISION (the remainder on the first largest entry).
+    Exact integer arithmetic: every device gives the same rows."""
+    total = 1 << PRECISION
+    f = ADAPT_PRIOR * table_rows + (counts << PRECISION)
+    q = 1 + f * (total - f.shape[1]) // f.sum(1, keepdims=True)
+    top = np.argmax(f, 1)
+    q[np.arange(len(q)), top] += total - q.sum(1)
+    return q
+
+
+class _Adaptive:
+    """One segment's adapted contexts: the counts of the symbols coded in each context in the
+    segment's earlier groups.  The encoder, the decoder and the estimate each keep one and call it
+    alike: `record` every run coded, `commit` at the end of every group, `reset` right after a
+    refresh flag of 1 (a new scene's contexts start afresh from the tables)."""
+
+    def __init__(self, coder: "EntropyCoder"):
+        self.coder = coder
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts: dict[str, np.ndarray] = {}
+        self.pending: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+    def rows(self, kind: str, keys: np.ndarray, models: bool = True) -> tuple[np.ndarray, list | None]:
+        """Distinct `keys` -> the integer rows (n, K) to code their symbols with in this group, and
+        (with `models`) a constriction model of each."""
+        rows = self.coder.table(kind)[keys]
+        counts = self.counts.get(kind)
+        seen = counts[keys].any(1) if counts is not None else np.zeros(len(keys), dtype=bool)
+        if seen.any():
+            rows[seen] = adapted_rows(rows[seen], counts[keys[seen]])
+        if not models:
+            return rows, None
+        return rows, [constriction.stream.model.Categorical(r.astype(np.float64) / float(1 << PRECISION), perfect=False)
+                      if s else self.coder._model(kind, k) for k, s, r in zip(keys.tolist(), seen.tolist(), rows)]
+
+    def record(self, kind: str, keys: np.ndarray, symbols: np.ndarray) -> None:
+        if len(keys):
+            self.pending.append((kind, keys, symbols))
+
+    def commit(self) -> None:
+        """The end of a group: its symbols join the counts."""
+        for kind, keys, symbols in self.pending:
+            counts = self.counts.get(kind)
+            if counts is None:
+                counts = self.counts[kind] = np.zeros(self.coder.table(kind).shape, dtype=np.int64)
+            K = counts.shape[1]
+            cells, n = np.unique(keys.astype(np.int64) * K + symbols, return_counts=True)
+            counts.reshape(-1)[cells] += n
+            rows = np.unique(cells // K)
+            full = rows[counts[rows].sum(1) > ADAPT_LIMIT]
+            counts[full] = (counts[full] + 1) >> 1
+        self.pending = []
+
+
 class EntropyCoder:
     def __init__(self, tables, mode_tables, mv_tables, coef_tables, flag_tables):
         as_np = lambda t: (t.cpu().numpy() if torch.is_tensor(t) else np.asarray(t)).astype(np.int64)
@@ -457,44 +522,57 @@ class EntropyCoder:
         self.bits, self.mode_bits, self.mv_bits, self.coef_bits, self.flag_bits = (
             bits(self.tables), bits(self.mode_tables), bits(self.mv_tables), bits(self.coef_tables),
             bits(self.flag_tables))
-        # the cheapest possible symbol: bounds how many symbols a payload of n bytes can hold
-        self.min_bits = float(min(t.min() for t in (self.bits, self.mode_bits, self.mv_bits, self.coef_bits,
-                                                    self.flag_bits)))
+        # the cheapest possible symbol (adapted rows can give one symbol all but K - 1 of 2**16):
+        # bounds how many symbols a payload of n bytes can hold
+        self.min_bits = float(-np.log2(1 - 1 / (1 << PRECISION)))
 
     def max_symbols(self, payload_bytes: int) -> int:
         return int(8 * (payload_bytes + 8) / max(self.min_bits, 1e-6)) + 64
 
+    def table(self, kind: str) -> np.ndarray:
+        """The table (rows by key) of a kind of symbol."""
+        return {"mode": self.mode_tables, "mv": self.mv_tables, "index": self._rows, "coef": self._coef_rows,
+                "flag": self.flag_tables}[kind]
+
     def _model(self, kind: str, key: int):
         m = self._models.get((kind, key))
         if m is None:
-            rows = {"mode": self.mode_tables, "mv": self.mv_tables, "index": self._rows, "coef": self._coef_rows,
-                    "flag": self.flag_tables}
-            m = constriction.stream.model.Categorical(rows[kind][key].astype(np.float64) / float(1 << PRECISION),
+            m = constriction.stream.model.Categorical(self.table(kind)[key].astype(np.float64) / float(1 << PRECISION),
                                                       perfect=False)
             self._models[(kind, key)] = m
         return m
 
-    def _code_runs(self, enc, kind: str, keys: np.ndarray, symbols: np.ndarray) -> None:
+    def _code_runs(self, enc, state: _Adaptive, kind: str, keys: np.ndarray, symbols: np.ndarray) -> float:
+        """Code (or with enc None, only measure) one kind's symbols, one call per key -> their ideal
+        code length in bits under the rows used."""
+        if not len(keys):
+            return 0.0
         order, run_keys, starts, ends = _runs(keys)
         sym = symbols[order].astype(np.int32)
-        for k, a, b in zip(run_keys.tolist(), starts.tolist(), ends.tolist()):
-            enc.encode(sym[a:b], self._model(kind, k))
+        rows, models = state.rows(kind, run_keys, enc is not None)
+        if enc is not None:
+            for m, a, b in zip(models, starts.tolist(), ends.tolist()):
+                enc.encode(sym[a:b], m)
+        run = np.repeat(np.arange(len(run_keys)), ends - starts)
+        state.record(kind, keys, symbols)
+        return float(-np.log2(rows[run, sym] / float(1 << PRECISION)).sum())
 
-    def _decode_runs(self, dec, kind: str, keys: np.ndarray) -> np.ndarray:
+    def _decode_runs(self, dec, state: _Adaptive, kind: str, keys: np.ndarray) -> np.ndarray:
         order, run_keys, starts, ends = _runs(keys)
         flat = np.empty(len(keys), dtype=np.int64)
-        for k, a, b in zip(run_keys.tolist(), starts.tolist(), ends.tolist()):
-            flat[a:b] = dec.decode(self._model(kind, k), b - a)
+        for m, a, b in zip(state.rows(kind, run_keys)[1], starts.tolist(), ends.tolist()):
+            flat[a:b] = dec.decode(m, b - a)
         out = np.empty_like(flat)
         out[order] = flat
+        state.record(kind, keys, out)
         return out
 
-    def _decode_vectors(self, dec, prev_mv: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    def _decode_vectors(self, dec, state: _Adaptive, prev_mv: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
         """mv_symbols' inverse: a group's vectors (Hb, Wb); a vector outside the range is an error."""
         py, px = mv_prediction(prev_mv, shape)
         ky = mv_contexts(prev_mv, shape).reshape(-1)
-        dy = self._decode_runs(dec, "mv", ky) - MV_MAX
-        dx = self._decode_runs(dec, "mv", mv_x_contexts(ky, dy)) - MV_MAX
+        dy = self._decode_runs(dec, state, "mv", ky) - MV_MAX
+        dx = self._decode_runs(dec, state, "mv", mv_x_contexts(ky, dy)) - MV_MAX
         vy, vx = py.reshape(-1) + dy, px.reshape(-1) + dx
         if np.abs(vy).max(initial=0) > RANGE or np.abs(vx).max(initial=0) > RANGE:
             raise ValueError("a motion vector is out of range")
@@ -509,19 +587,37 @@ class EntropyCoder:
     def encode(self, sym: Symbols) -> np.ndarray:
         """A segment's symbols -> compressed words (uint32).  Contexts start afresh: a segment
         depends on nothing else."""
-        offset = self._check_quality(sym.quality)
+        return self.encode_measured(sym)[0]
+
+    def encode_measured(self, sym: Symbols) -> tuple[np.ndarray, float]:
+        """(compressed words, their ideal code length in bits under the rows they were coded with)."""
         enc = constriction.stream.queue.RangeEncoder()
+        bits = self._code_segment(enc, sym)
+        return enc.get_compressed(), bits
+
+    def estimate_bits(self, sym: Symbols) -> float:
+        """Ideal code length (-log2 p) of a segment as encode codes it (adapted rows included),
+        to compare with real bytes, without coding it."""
+        return self._code_segment(None, sym)
+
+    def _code_segment(self, enc, sym: Symbols) -> float:
+        offset = self._check_quality(sym.quality)
+        state = _Adaptive(self)
+        bits = 0.0
         for keys, passes, side, g, kinds, hist, coefs in _walk(sym, self.codes):
             for kind, k, s in side:
-                self._code_runs(enc, kind, k, s)
+                bits += self._code_runs(enc, state, kind, k, s)
+                if kind == "flag" and k[0] == FLAG_REFRESH and s[0]:
+                    state.reset()  # a new scene: its contexts start afresh
             for p in range(int(passes.max()) + 1):
                 coded = (keys >= 0) & (passes == p)[None]
-                self._code_runs(enc, "index", keys[coded], g[coded])
+                bits += self._code_runs(enc, state, "index", keys[coded], g[coded])
             kinds, hist, c = _coded_coefs(kinds, hist, coefs)
             if len(c):
-                self._code_runs(enc, "coef", (offset + coef_keys(kinds, coef_contexts(c, hist))).reshape(-1),
-                                (c + COEF_MAX).reshape(-1))
-        return enc.get_compressed()
+                bits += self._code_runs(enc, state, "coef", (offset + coef_keys(kinds, coef_contexts(c, hist))
+                                                             ).reshape(-1), (c + COEF_MAX).reshape(-1))
+            state.commit()
+        return bits
 
     def decode_groups(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
                       mv_shape: tuple[int, int], quality: int):
@@ -536,17 +632,20 @@ class EntropyCoder:
         ref = prev_moved = prev_changed = modes = mv = None
         prev_static = 2
         hist = np.full(h * w, NEVER, dtype=np.int64)
+        state = _Adaptive(self)
         for _ in range(n_groups):
-            if ref is not None and self._decode_runs(dec, "flag", np.array([prev_static]))[0]:
+            if ref is not None and self._decode_runs(dec, state, "flag", np.array([prev_static]))[0]:
                 prev_static = 0
                 modes = np.full((h, w), SKIP, dtype=np.int64)
                 mv = np.full(mv_shape, ZERO, dtype=np.int64)
                 prev_moved, prev_changed = np.zeros((h, w), dtype=bool), np.zeros(mv_shape, dtype=bool)
+                state.commit()
                 yield np.zeros(shape, dtype=np.int64), modes, mv, np.zeros((h, w, P), dtype=np.int64), False
                 continue
             if ref is not None:
                 prev_static = 1
-                if self._decode_runs(dec, "flag", np.array([FLAG_REFRESH]))[0]:  # a first group again
+                if self._decode_runs(dec, state, "flag", np.array([FLAG_REFRESH]))[0]:  # a first group again
+                    state.reset()  # a new scene: its contexts start afresh
                     ref = prev_moved = prev_changed = mv = None
                     hist[:] = NEVER
                     prev_static = 2
@@ -555,19 +654,19 @@ class EntropyCoder:
                 passes = first_passes(h, w)
                 modes = np.full((h, w), INTRA, dtype=np.int64)
                 for p in (1, 2):
-                    modes[passes == p] = self._decode_runs(dec, "mode", fresh_mode_contexts(modes)[passes == p])
+                    modes[passes == p] = self._decode_runs(dec, state, "mode", fresh_mode_contexts(modes)[passes == p])
             else:
-                mv = self._decode_vectors(dec, mv, mv_shape)
-                skip = self._decode_runs(dec, "flag", block_contexts(prev_changed, mv).reshape(-1)
+                mv = self._decode_vectors(dec, state, mv, mv_shape)
+                skip = self._decode_runs(dec, state, "flag", block_contexts(prev_changed, mv).reshape(-1)
                                          ).reshape(mv_shape).astype(bool)
                 coded = ~block_tokens(skip, h, w)
                 modes = np.full((h, w), SKIP, dtype=np.int64)
                 a, b = ~odd & coded, odd & coded
-                modes[a] = self._decode_runs(dec, "mode", mode_contexts_a(prev_moved, h, w)[a])
+                modes[a] = self._decode_runs(dec, state, "mode", mode_contexts_a(prev_moved, h, w)[a])
                 moved_a = (modes != SKIP) & ~odd
-                modes[b] = self._decode_runs(dec, "mode", mode_contexts_b(moved_a, prev_moved)[b])
+                modes[b] = self._decode_runs(dec, state, "mode", mode_contexts_b(moved_a, prev_moved)[b])
                 near = near_places(modes)
-                modes[near] = NEAR_MODE[self._decode_runs(dec, "mode", near_contexts(modes)[near])]
+                modes[near] = NEAR_MODE[self._decode_runs(dec, state, "mode", near_contexts(modes)[near])]
                 if (~skip & skipped_blocks(modes)).any():
                     raise ValueError("a block flagged as changed has no changed token")
             g = np.zeros(shape, dtype=np.int64)
@@ -575,18 +674,18 @@ class EntropyCoder:
                 for p in range(3):
                     keys = first_index_keys(g, modes, self.codes, p)
                     coded = (keys >= 0) & (passes == p)[None]
-                    g[coded] = self._decode_runs(dec, "index", keys[coded])
+                    g[coded] = self._decode_runs(dec, state, "index", keys[coded])
             else:
                 keys = index_keys(ref, modes, shape, self.codes)
                 coded = keys >= 0
-                g[coded] = self._decode_runs(dec, "index", keys[coded])
+                g[coded] = self._decode_runs(dec, state, "index", keys[coded])
             kinds = coef_kinds(modes, (h, w)).reshape(-1)
             sel = kinds >= 0
             c = np.zeros((int(sel.sum()), P), dtype=np.int64)
             nonzero = np.zeros(len(c), dtype=np.int64)
             for r in range(P):  # a position's contexts need the token's earlier positions
                 key = offset + coef_keys(kinds[sel], coef_context(hist[sel], nonzero), r)
-                c[:, r] = self._decode_runs(dec, "coef", key) - COEF_MAX
+                c[:, r] = self._decode_runs(dec, state, "coef", key) - COEF_MAX
                 nonzero += c[:, r] != 0
             coefs = np.zeros((h * w, P), dtype=np.int64)
             coefs[sel] = c
@@ -598,14 +697,8 @@ class EntropyCoder:
                 ref[:, intra] = g[:, intra]
                 prev_moved, prev_changed = modes != SKIP, ~skip
             hist[sel] = history(c)
+            state.commit()
             yield g, modes, mv, coefs.reshape(h, w, P), fresh
-
-    def estimate_bits(self, sym: Symbols) -> float:
-        """Ideal code length (-log2 p) of a segment under the tables, to compare with real bytes."""
-        ci, cm, cv, cc, cs = count_symbols(sym, self.codes, qualities=self.qualities)
-        D = sym.indices.shape[1]
-        return float((ci[:D] * self.bits[:D]).sum() + (cm * self.mode_bits).sum() + (cv * self.mv_bits).sum()
-                     + (cc * self.coef_bits).sum() + (cs * self.flag_bits).sum())
 
 
 # -- statistics and fitting ---------------------------------------------------------------------
