@@ -147,7 +147,9 @@ def to_frames(y, u, v, width: int, height: int, count: int) -> list[Frame]:
 # rate, where the curve is flatter, and 0.06 measured best (0.15: +10 % bits at equal PSNR, 0.02:
 # +3 %).  Distortion is the squared error of the latent,
 # which the near-identity decoder carries to the pixels.  Every choice is made against the previous
-# group's *reconstructed* latent, as the decoder has it.
+# group's *reconstructed* latent, as the decoder has it.  Then, pass by pass in the fresh-group
+# layout, a token outside pass 1 in a block that does not skip may instead take a near mode
+# (NEAR_SKIP, NEAR_INTER: predicted from its two neighbours) where that costs less.
 LAMBDA = 0.06
 # Coefficients round down below (k + 1/2 + DEADZONE) x step: fewer, cheaper non-zeros (1/3 against
 # 1/6 saves ~3 % at equal PSNR).
@@ -346,8 +348,8 @@ class SegmentCoder:
                 prev_mv = mv
                 coefs = torch.where((best == INTRA)[:, None], c_intra,
                                     torch.where((best == INTER)[:, None], c_inter, 0))
-                mode, coefs, z_prev = self._decide_near(z, z_base, z_vq, best, coefs, costs[INTRA], main_bits[INTRA],
-                                                         quality, shape, hist)
+                mode, coefs, z_prev = self._decide_near(z, z_base, z_vq, best, coefs, costs.gather(0, best[None])[0],
+                                                         main_bits[INTRA], quality, shape, hist)
                 intra = mode == INTRA
                 ref[:, intra] = idx[:, intra]
                 moved = mode != SKIP
@@ -405,33 +407,37 @@ class SegmentCoder:
         return z
 
     def _decide_near(self, z: torch.Tensor, z_base: torch.Tensor, z_vq: torch.Tensor, best: torch.Tensor,
-                     coefs: torch.Tensor, intra_cost: torch.Tensor, main_bits: torch.Tensor, quality: int,
+                     coefs: torch.Tensor, chosen: torch.Tensor, main_bits: torch.Tensor, quality: int,
                      shape: tuple[int, int], hist: torch.Tensor):
-        """A later group's INTRA tokens outside pass 1, pass by pass, keep INTRA or take NEAR_SKIP /
-        NEAR_INTER (their two neighbours' mean, or it plus the coded change), whichever costs least
-        distortion + lambda x bits (`intra_cost`: INTRA's, its main mode's bits `main_bits` included;
-        every choice codes that INTRA).  -> (modes, coefficients, the latent as the decoder rebuilds it)."""
+        """A later group's tokens outside pass 1, in blocks that do not skip, pass by pass: each keeps
+        its mode `best` or takes NEAR_SKIP / NEAR_INTER (its two neighbours' mean, or it plus the
+        coded change), whichever costs least distortion + lambda x bits (`chosen`: the cost of its
+        mode, that mode's bits included; `main_bits`: those of INTRA, which a near mode is coded
+        as, then its near mode).  -> (modes, coefficients, the latent as the decoder rebuilds it)."""
         step = step_for_quality(quality)
         passes, (a, b) = self._fresh_layout(shape)
         rec = self.rebuild(z_vq, z_base, best, coefs, step)
-        if not bool(((best == INTRA) & (passes > 0)).any()):
+        open_ = motion.block_mask(motion.block_sums((best != SKIP).float(), shape) > 0, *shape)
+        if not bool((open_ & (passes > 0)).any()):
             return best, coefs, rec
         lam = LAMBDA * step * step
         ctx = torch.from_numpy(near_contexts(best.reshape(shape).cpu().numpy()).reshape(-1)).to(self.device)
         mode, coefs = best.clone(), coefs.clone()
         for p in (1, 2):
-            at = torch.nonzero((passes == p) & (best == INTRA))[:, 0]
+            at = torch.nonzero((passes == p) & open_)[:, 0]
             if not len(at):
                 continue
             pred = (rec[a[at]] + rec[b[at]]) * 0.5
             src = z[at]
             c_near = scalar_quantise((src - pred) @ self.basis.t(), step, COEF_MAX, DEADZONE)
             z_near = pred + (c_near.float() * step) @ self.basis
-            costs = torch.stack([intra_cost[at], ((src - pred) ** 2).sum(1) + main_bits[at],
+            costs = torch.stack([chosen[at], ((src - pred) ** 2).sum(1) + main_bits[at],
                                  ((src - z_near) ** 2).sum(1) + main_bits[at]
                                  + lam * self._coef_rate(c_near, 1, quality, hist[at])])
-            if self._mode_bits is not None:  # each choice's near-mode bits
-                costs += lam * self._mode_bits[ctx[at]].t()
+            if self._mode_bits is not None:  # each choice's near-mode bits (staying INTER codes none)
+                nb = lam * self._mode_bits[ctx[at]].t()
+                nb[0] = torch.where(best[at] == INTRA, nb[0], 0.0)
+                costs += nb
             choice = costs.argmin(0)
             mode[at] = torch.where(choice == 1, NEAR_SKIP, torch.where(choice == 2, NEAR_INTER, mode[at]))
             coefs[at] = torch.where((choice == 1)[:, None], 0, torch.where((choice == 2)[:, None], c_near, coefs[at]))
