@@ -497,9 +497,10 @@ class _Adaptive:
             if counts is None:
                 counts = self.counts[kind] = np.zeros(self.coder.table(kind).shape, dtype=np.int64)
             K = counts.shape[1]
-            cells, n = np.unique(keys.astype(np.int64) * K + symbols, return_counts=True)
-            counts.reshape(-1)[cells] += n
-            rows = np.unique(cells // K)
+            keys = keys.astype(np.int64)
+            end = int(keys.max()) + 1  # counting sorts nothing: bincount over the rows up to the last key
+            counts[:end] += np.bincount(keys * K + symbols, minlength=end * K).reshape(end, K)
+            rows = np.flatnonzero(np.bincount(keys, minlength=end))
             full = rows[counts[rows].sum(1) > ADAPT_LIMIT]
             counts[full] = (counts[full] + 1) >> 1
         self.pending = []
