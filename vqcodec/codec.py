@@ -388,11 +388,11 @@ class SegmentCoder:
         """A later group's latent `rec` with its pass-p NEAR_SKIP / NEAR_INTER tokens rebuilt from
         their two neighbours' mean (only those rows are computed).  The encoder and the decoder
         both call this, with the same tensors."""
-        passes, (a, b) = self._fresh_layout(shape)
+        passes, _ = self._fresh_layout(shape)
         at = torch.nonzero((passes == p) & (modes >= NEAR_SKIP))[:, 0]
         if not len(at):
             return rec
-        pred = (rec[a[at]] + rec[b[at]]) * 0.5
+        pred = self.spatial_prediction(rec, shape, at)
         change = (coefs[at].float() * step) @ self.basis
         rec = rec.clone()
         rec[at] = torch.where((modes[at] == NEAR_INTER)[:, None], pred + change, pred)
@@ -415,7 +415,7 @@ class SegmentCoder:
         mode, that mode's bits included; `main_bits`: those of INTRA, which a near mode is coded
         as, then its near mode).  -> (modes, coefficients, the latent as the decoder rebuilds it)."""
         step = step_for_quality(quality)
-        passes, (a, b) = self._fresh_layout(shape)
+        passes, _ = self._fresh_layout(shape)
         rec = self.rebuild(z_vq, z_base, best, coefs, step)
         open_ = motion.block_mask(motion.block_sums((best != SKIP).float(), shape) > 0, *shape)
         if not bool((open_ & (passes > 0)).any()):
@@ -427,7 +427,7 @@ class SegmentCoder:
             at = torch.nonzero((passes == p) & open_)[:, 0]
             if not len(at):
                 continue
-            pred = (rec[a[at]] + rec[b[at]]) * 0.5
+            pred = self.spatial_prediction(rec, shape, at)
             src = z[at]
             c_near = scalar_quantise((src - pred) @ self.basis.t(), step, COEF_MAX, DEADZONE)
             z_near = pred + (c_near.float() * step) @ self.basis
@@ -444,10 +444,14 @@ class SegmentCoder:
             rec = self.near_pass(rec, mode, coefs, step, shape, p)
         return mode, coefs, rec
 
-    def spatial_prediction(self, rec: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-        """Each token's prediction in a fresh group: the mean of its two neighbours' latents in
-        `rec` (entropy.first_neighbours, tokens of earlier passes)."""
+    def spatial_prediction(self, rec: torch.Tensor, shape: tuple[int, int],
+                           at: torch.Tensor | None = None) -> torch.Tensor:
+        """Each token's prediction from its neighbours (a fresh group's, a later group's near
+        tokens'): the mean of its two neighbours' latents in `rec` (entropy.first_neighbours,
+        tokens of earlier passes); only the tokens `at` (positions) when given."""
         _, (a, b) = self._fresh_layout(shape)
+        if at is not None:
+            a, b = a[at], b[at]
         return (rec[a] + rec[b]) * 0.5
 
     def _decide_fresh(self, z: torch.Tensor, idx: torch.Tensor, z_vq: torch.Tensor, c_intra: torch.Tensor,

@@ -478,9 +478,12 @@ class _Adaptive:
         (with `models`) a constriction model of each."""
         rows = self.coder.table(kind)[keys]
         counts = self.counts.get(kind)
-        seen = counts[keys].any(1) if counts is not None else np.zeros(len(keys), dtype=bool)
-        if seen.any():
-            rows[seen] = adapted_rows(rows[seen], counts[keys[seen]])
+        seen = np.zeros(len(keys), dtype=bool)
+        if counts is not None:
+            c = counts[keys]
+            seen = c.any(1)
+            if seen.any():
+                rows[seen] = adapted_rows(rows[seen], c[seen])
         if not models:
             return rows, None
         return rows, [constriction.stream.model.Categorical(r.astype(np.float64) / float(1 << PRECISION), perfect=False)
@@ -518,6 +521,8 @@ class EntropyCoder:
         self._rows = self.tables.reshape(-1, self.codes)
         self._coef_rows = self.coef_tables.reshape(-1, COEF_SYMBOLS)
         self._per_quality = self.positions * KINDS * COEF_CONTEXTS
+        self._tables = {"mode": self.mode_tables, "mv": self.mv_tables, "index": self._rows, "coef": self._coef_rows,
+                        "flag": self.flag_tables}
         self._models: dict[tuple[str, int], object] = {}
         bits = lambda t: -np.log2(t / float(1 << PRECISION))  # ideal code lengths
         self.bits, self.mode_bits, self.mv_bits, self.coef_bits, self.flag_bits = (
@@ -532,8 +537,7 @@ class EntropyCoder:
 
     def table(self, kind: str) -> np.ndarray:
         """The table (rows by key) of a kind of symbol."""
-        return {"mode": self.mode_tables, "mv": self.mv_tables, "index": self._rows, "coef": self._coef_rows,
-                "flag": self.flag_tables}[kind]
+        return self._tables[kind]
 
     def _model(self, kind: str, key: int):
         m = self._models.get((kind, key))

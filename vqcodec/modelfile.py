@@ -16,7 +16,8 @@ The fingerprint is the first 16 bytes of SHA-256 over the config, every tensor (
 name, little-endian bytes) and the tables; a .vqv file records it and decode checks it.
 Version 2 added the mode and vector tables, version 3 the coefficient and static-flag tables
 (.vqv format 3), version 4 vector tables per component (quarter-pixel vectors, .vqv format 4), version 5 spatial index contexts and block skip flags
-(.vqv format 5), version 6 spatial prediction in fresh groups (their mode contexts; .vqv format 6).
+(.vqv format 5), version 6 spatial prediction in fresh groups (their mode contexts; .vqv format 6),
+version 7 near modes in later groups (their mode contexts; .vqv format 7, whose contexts also adapt).
 Older files still load as training starting points (--init), or to refit their tables, not as
 codec models.
 """
