@@ -250,6 +250,23 @@ def test_bitrate_mode_meets_its_target_and_records_each_segment(tmp_path, make_c
         encode_file(src, tmp_path / "b.vqv", model=model, bitrate=0)
 
 
+def test_a_segment_takes_the_quality_nearest_its_budget_over_or_under(carphone_frames, model):
+    from vqcodec.codec import SegmentCoder
+    coder = SegmentCoder(model, "cpu")
+    frames = carphone_frames[:8]
+    bits = {q: coder.coder.estimate_bits(coder.symbols(frames, q)) for q in (1, 3, 4, 8)}
+    assert bits[1] < bits[3] < bits[4] < bits[8]
+    for share, want in ((0.2, 3), (0.8, 4)):  # between q3 and q4: whichever is nearer, from either start
+        budget = bits[3] + share * (bits[4] - bits[3])
+        for start in (1, 4, 8):
+            quality, payload, estimate = coder.encode_for_budget(frames, budget, start)
+            assert quality == want, (share, start, quality)
+            assert estimate == pytest.approx(bits[want], rel=1e-9)
+            assert abs(8 * len(payload) - estimate) < 0.02 * estimate + 64
+    assert coder.encode_for_budget(frames, bits[1] / 3, 4)[0] == 1  # nothing fits: the smallest
+    assert coder.encode_for_budget(frames, bits[8] * 3, 4)[0] == 8  # everything fits: the best
+
+
 def test_a_still_image_is_a_one_frame_video(tmp_path, carphone_frames, model):
     from vqcodec.video import PngWriter
     still = tmp_path / "photo.png"

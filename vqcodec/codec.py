@@ -550,30 +550,33 @@ class SegmentCoder:
         return self.pack(self.symbols(frames, quality))
 
     def encode_for_budget(self, frames: list[Frame], budget_bits: float, start: int) -> tuple[int, bytes, float]:
-        """The best quality whose segment fits `budget_bits` (quality 1 when none does), searched
-        from quality `start` up or down: -> (quality, payload, estimated bits).  The network runs
-        once; the quantisation choices and the rate estimate are repeated per quality tried."""
+        """The quality whose segment comes nearest `budget_bits`, over or under (quality 1 when
+        even it is over, the best quality when even it is under), searched from quality `start`
+        up or down: -> (quality, payload, estimated bits).  The caller carries the difference to
+        the next segment, so the clip's rate stays within half a step of the ladder of its target
+        instead of always falling short of it.  The network runs once; the quantisation choices
+        and the rate estimate are repeated per quality tried."""
         groups = list(self.analyse(frames))
         shape = self.grid(frames)
         tried: dict[int, tuple] = {}
 
-        def attempt(quality: int):
+        def bits(quality: int) -> float:
             if quality not in tried:
                 chosen = self.decide(groups, quality, shape)
                 tried[quality] = (chosen, self.coder.estimate_bits(chosen))
-            return tried[quality][1] <= budget_bits
+            return tried[quality][1]
 
+        top = len(QUALITY_LEVELS)
         quality = start
-        if attempt(quality):
-            while quality < len(QUALITY_LEVELS) and attempt(quality + 1):
-                quality += 1
-        else:
-            while quality > 1 and not attempt(quality - 1):
-                quality -= 1
-            quality = max(1, quality - 1)
-        attempt(quality)
-        payload, bits = self.pack(tried[quality][0])
-        return quality, payload, bits
+        while quality < top and bits(quality) <= budget_bits:
+            quality += 1
+        while quality > 1 and bits(quality) > budget_bits:
+            quality -= 1
+        # quality: the best at or under the budget (1 when none is); the next one up is over it
+        if quality < top and abs(bits(quality + 1) - budget_bits) < abs(bits(quality) - budget_bits):
+            quality += 1
+        payload, estimate = self.pack(tried[quality][0])
+        return quality, payload, estimate
 
     def decode(self, payload: bytes, header: bs.Header, count: int, quality: int, stages: int) -> list[Frame]:
         """Payload -> `count` frames.  Every number is checked before it sizes an allocation."""
@@ -659,8 +662,8 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path, *, quality:
                   progress: Progress | None = None, name: str = "input") -> EncodeReport:
     """Encode a stream of frames (all of one size) into a .vqv file, segment by segment.
 
-    With `bitrate` (kbit/s) instead of a fixed quality, each segment gets the best quality that
-    fits its share of the budget, carrying what earlier segments saved or overspent."""
+    With `bitrate` (kbit/s) instead of a fixed quality, each segment gets the quality that comes
+    nearest its share of the budget plus what earlier segments saved or overspent."""
     t0 = time.time()
     device = resolve_device(device)
     if bitrate is not None and not 1 <= bitrate <= 10_000_000:
