@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +39,21 @@ def test_whole_pixel_shifts_copy_and_half_pixels_average_exactly():
     assert torch.equal(shift(p, z, z + 4, 2 * SUB), half)
 
 
+def test_the_searchs_phases_are_the_predictors_values_at_every_quarter_pixel():
+    # the search reads its candidates from precomputed phases; the decoder predicts with `shift`:
+    # a vector must cost what it predicts, bit for bit
+    p, pad = _picture(24, 40, seed=3), 5
+    ph = motion._phases(p, pad)
+    assert ph.shape == (SUB * SUB, 24 + 2 * pad + 1, 40 + 2 * pad + 1)
+    z = torch.zeros(24, 40, dtype=torch.long)
+    for fy in range(SUB):
+        for fx in range(SUB):
+            for oy, ox in ((0, 0), (-pad, 2), (3, -pad)):  # whole-pixel offsets reach into the margin
+                want = shift(p, z + oy * SUB + fy, z + ox * SUB + fx, SUB)
+                got = ph[fy * SUB + fx, pad + oy:pad + oy + 24, pad + ox:pad + ox + 40]
+                assert torch.equal(got, want), (fy, fx, oy, ox)
+
+
 def test_predict_moves_each_frame_by_its_distance_from_the_reference():
     patch, side = 4, BLOCK * 4
     y = torch.stack([_picture(64, 64, 1)] * 2) / 255.0
@@ -71,6 +87,20 @@ def test_the_search_finds_a_sub_pixel_pan_and_keeps_a_still_picture_still():
     assert exact >= 0.95, (dy, dx)  # a smooth block may find a match as good elsewhere
     same = ref[:1].expand(2, -1, -1)
     assert (search(same, same, patch) == ZERO).all()
+
+
+@pytest.mark.parametrize("h, w", [(160, 192), (150, 182)])
+def test_blocks_cut_by_the_pictures_edge_find_their_motion_too(h, w):
+    # the content moves right (so every block's match but the first column's lies inside the
+    # picture), in a picture whose last row and column of blocks are cut short by its edges
+    big = _picture(h, w, 3)
+    z = torch.zeros(h, w, dtype=torch.long)
+    frames = [shift(big, z + 2 * k, z - 7 * k, SUB) / 255.0 for k in range(4)]
+    ref = torch.stack(frames[:2]).mul(255).round().div(255)
+    dy, dx = vector(search(torch.stack(frames[2:]), ref, 4))
+    inner = (slice(1, -1), slice(1, None))
+    exact = ((dy[inner] == 2) & (dx[inner] == -7)).float()
+    assert exact.mean() >= 0.95 and exact[:, -1].mean() >= 0.85, (dy, dx)
 
 
 def test_vectors_out_of_the_decoders_range_are_refused():

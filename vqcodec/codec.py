@@ -228,10 +228,12 @@ class SegmentCoder:
         if self._coef_bits is None:  # a rough model of an adaptive coder, while tables are fitted
             a = c.abs().float()
             return torch.where(a == 0, 0.3, 2.5 + 2 * torch.log2(a.clamp(min=1))).sum(1)
+        table = self._coef_bits[quality - 1, :, kind]  # (P, contexts, symbols)
+        contexts, width = table.shape[1:]
         nz = (c != 0).long()
-        ctx = 4 * hist[:, None] + self._bucket[(nz.cumsum(1) - nz).clamp(max=4)]
-        pos = torch.arange(c.shape[1], device=c.device)[None, :]
-        return self._coef_bits[quality - 1, pos, kind, ctx, c + COEF_MAX].sum(1)
+        ctx = 4 * hist[:, None] + self._bucket[(nz.cumsum(1) - nz).clamp_(max=4)]
+        ctx += torch.arange(c.shape[1], device=c.device) * contexts  # each position's own rows
+        return table.contiguous().take(ctx.mul_(width).add_(c).add_(COEF_MAX)).sum(1)
 
     # -- reconstruction --------------------------------------------------------------------------
     def rebuild(self, z_vq: torch.Tensor, z_pred: torch.Tensor | None, modes: torch.Tensor,

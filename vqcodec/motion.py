@@ -105,10 +105,17 @@ def stand_still(pred: tuple[torch.Tensor, ...], planes: tuple[torch.Tensor, ...]
 
 def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
     """Plane r (H, W) of 8-bit values -> (SUB*SUB, H + 2 pad + 1, W + 2 pad + 1) every quarter-pixel
-    phase of it, bilinear as in `shift`, edges repeated."""
+    phase of it, bilinear as in `shift`, edges repeated.  Computed separably, horizontal weights
+    first, in `_bilinear`'s order of operations: the same exact integers, then one exact division
+    by a power of two, so the values are bit for bit `_bilinear`'s."""
     rp = F.pad(r[None, None], (pad, pad + 2, pad, pad + 2), mode="replicate")[0, 0]
-    a, b, c, d = rp[:-1, :-1], rp[:-1, 1:], rp[1:, :-1], rp[1:, 1:]
-    return torch.stack([_bilinear(a, b, c, d, fy, fx, SUB) for fy in range(SUB) for fx in range(SUB)])
+    left, right = rp[:, :-1], rp[:, 1:]
+    across = [(SUB - fx) * left + fx * right for fx in range(SUB)]  # (H + 2 pad + 2, W + 2 pad + 1) each
+    out = torch.empty(SUB, SUB, rp.shape[0] - 1, rp.shape[1] - 1, dtype=rp.dtype, device=rp.device)
+    for fy in range(SUB):
+        for fx, h in enumerate(across):
+            torch.add((SUB - fy) * h[:-1], h[1:], alpha=fy, out=out[fy, fx])
+    return out.div_(SUB * SUB).reshape(SUB * SUB, *out.shape[2:])
 
 
 def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None = None, lam: float = 0.0,
@@ -156,10 +163,14 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     Hq, Wq = H + 2 * margin + 1, W + 2 * margin + 1
     at = lambda n: torch.arange(n, device=src.device)
     rows = (at(hb)[:, None, None, None] * side + at(side)[None, :, None, None]).clamp_(max=H - 1)
-    cols = (at(wb)[None, None, :, None] * side + at(side)[None, None, None, :]).clamp_(max=W - 1)
     # block-major (hb, wb, side, side): each block's pixels are read together, so a varied vector
     # field costs little more than a uniform one (raster order interleaves every block's rows)
-    base = ((rows + margin) * Wq + cols + margin).permute(0, 2, 1, 3).contiguous()  # where a still block reads
+    row_at = ((rows[:, :, :, 0] + margin) * Wq + margin).permute(0, 2, 1) \
+        + at(wb)[None, :, None] * side  # where each row of a still block begins: (hb, wb, side)
+    # every run of `side` samples of the phases, as rows of a view (no copy): a block row is one
+    # index, and index_select copies whole rows, several times faster than gathering each sample
+    runs = torch.as_strided(ph, (ph.numel() - side + 1, side), (1, 1))
+    inside = W - (wb - 1) * side  # columns of the last block column inside the picture
     sb = s.reshape(T, hb, side, wb, side).permute(0, 1, 3, 2, 4).contiguous()
 
     def cost(ty, tx):
@@ -168,8 +179,11 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
             dy, dx = (t + 1) * ty, (t + 1) * tx
             iy, ix = torch.div(dy, SUB, rounding_mode="floor"), torch.div(dx, SUB, rounding_mode="floor")
             phase = (dy - iy * SUB) * SUB + (dx - ix * SUB)
-            off = (phase * (Hq * Wq) + iy * Wq + ix)[:, :, None, None]
-            total = total + (ph.take(base + off) - sb[t]).abs_().sum((2, 3))
+            off = (phase * (Hq * Wq) + iy * Wq + ix)[:, :, None]
+            got = runs.index_select(0, (row_at + off).reshape(-1)).reshape(hb, wb, side, side)
+            if inside < side:  # past the picture's right edge the edge column repeats, as in the source
+                got[:, -1, :, inside:] = got[:, -1, :, inside - 1:inside]
+            total = total + got.sub_(sb[t]).abs_().sum((2, 3))
         return total
 
     bits = (lambda ty, tx: lam * rate(ty, tx)) if rate is not None else (lambda ty, tx: 0)
