@@ -54,6 +54,20 @@ def test_the_searchs_phases_are_the_predictors_values_at_every_quarter_pixel():
                 assert torch.equal(got, want), (fy, fx, oy, ox)
 
 
+@pytest.mark.parametrize("h, w", [(64, 96), (44, 60), (8, 12)])
+def test_block_by_block_prediction_is_shift_bit_for_bit(h, w):
+    # `predict` reads block rows as runs; `shift` (per pixel) is the definition it must match,
+    # blocks cut by the picture's edges and vectors reaching past them included
+    g = torch.Generator().manual_seed(h)
+    p = _picture(h, w, seed=w)
+    for denom, side in ((SUB, 16), (2 * SUB, 8)):  # luma, and chroma's eighths of its own pixels
+        hb, wb = -(-h // side), -(-w // side)
+        for reach in (3, 4 * SUB * 40):
+            dy, dx = (torch.randint(-reach, reach + 1, (hb, wb), generator=g) for _ in range(2))
+            want = shift(p, motion._per_pixel(dy, side, h, w), motion._per_pixel(dx, side, h, w), denom)
+            assert torch.equal(motion.shift_blocks(p, dy, dx, side, denom), want), (denom, reach)
+
+
 def test_predict_moves_each_frame_by_its_distance_from_the_reference():
     patch, side = 4, BLOCK * 4
     y = torch.stack([_picture(64, 64, 1)] * 2) / 255.0
