@@ -117,6 +117,33 @@ def test_blocks_cut_by_the_pictures_edge_find_their_motion_too(h, w):
     assert exact.mean() >= 0.95 and exact[:, -1].mean() >= 0.85, (dy, dx)
 
 
+def test_blocks_take_their_neighbours_vectors_where_those_cost_less(monkeypatch):
+    # a pan over a periodic pattern: every period offset matches about as well, so each block's
+    # own search settles on its own; its neighbours' vectors are tried after it and kept where
+    # they cost less (SAD of the group's frames against their prediction + lambda x bits)
+    h, w = 96, 160
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.arange(w)[None, :].float(), torch.arange(h)[:, None].float()
+    big = (128 + 60 * torch.sin(x * 2 * np.pi / 6) + 30 * torch.sin(y * 2 * np.pi / 10)
+           + torch.rand(h, w, generator=g) * 20).clamp(0, 255).round()
+    z = torch.zeros(h, w, dtype=torch.long)
+    frames = [shift(big, z + 5 * k, z + 11 * k, SUB) / 255.0 for k in range(4)]
+    ref, src = torch.stack(frames[:2]).mul(255).round().div(255), torch.stack(frames[2:])
+    rate, lam = (lambda dy, dx: (dy.abs() + dx.abs()).float() * 0.05 + 1), 2.0
+
+    def objective(mv):  # per block, computed with `predict`, as the decoder would predict
+        pred = predict((ref, ref[:, ::2, ::2], ref[:, ::2, ::2]), mv, 4)[0]
+        sad = (pred - src).abs().mul(255).sum(0).reshape(h // 16, 16, w // 16, 16).sum((1, 3))
+        return torch.where(mv == ZERO, sad * motion.STILL_BIAS, sad) + lam * rate(*vector(mv))
+
+    with_neighbours = objective(search(src, ref, 4, rate, lam))
+    monkeypatch.setattr(motion, "NEIGHBOUR_ROUNDS", 0)
+    alone = objective(search(src, ref, 4, rate, lam))
+    assert (with_neighbours <= alone + 1e-3).all()  # a block only ever takes a cheaper vector
+    assert (with_neighbours < alone - 1).float().mean() > 0.5
+    assert with_neighbours.sum() < 0.6 * alone.sum()
+
+
 def test_vectors_out_of_the_decoders_range_are_refused():
     from vqcodec.entropy import EntropyCoder, _Adaptive, fit_tables, new_counts
     counts = list(new_counts(1, 4, 1, 48))

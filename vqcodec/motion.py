@@ -13,9 +13,9 @@ The search is the encoder's (sum of absolute differences on luma over the group'
 against its own prediction, plus lambda times the vector's bits under the caller's rate model;
 coarse to fine: every whole-pixel vector at quarter resolution on the first frame, then from
 the best of that, no motion and the caller's guess: +-2 and +-1 whole pixels, +-1/2 and +-1/4
-pixel at full resolution, read from the reference's 16 precomputed quarter-pixel phases; the
-still vector is kept unless a moving one beats it by 3 %); the decoder only applies the vectors
-it reads.  Nothing here touches the entropy coder: the rate model is a function passed in.
+pixel at full resolution, read from the reference's 16 precomputed quarter-pixel phases; then,
+twice, each block tries the vectors its four neighbours ended with; the still vector is kept
+unless a moving one beats it by 3 %); the decoder only applies the vectors it reads.  Nothing here touches the entropy coder: the rate model is a function passed in.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ SIDE = 2 * RANGE + 1
 VECTORS = SIDE * SIDE
 ZERO = RANGE * SIDE + RANGE
 STILL_BIAS = 0.97         # a moving vector must beat the still one by 3 % of its difference
+NEIGHBOUR_ROUNDS = 2      # rounds of trying the neighbours' vectors after the refinement
 
 Rate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (dy, dx) per block -> bits per block
 
@@ -141,6 +142,23 @@ def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
     return out.div_(SUB * SUB).reshape(SUB * SUB, *out.shape[2:])
 
 
+def _from_left(v: torch.Tensor) -> torch.Tensor:
+    """Each block's value from its left neighbour (its own at the left edge); likewise below."""
+    return torch.cat([v[:, :1], v[:, :-1]], 1)
+
+
+def _from_right(v: torch.Tensor) -> torch.Tensor:
+    return torch.cat([v[:, 1:], v[:, -1:]], 1)
+
+
+def _from_above(v: torch.Tensor) -> torch.Tensor:
+    return torch.cat([v[:1], v[:-1]], 0)
+
+
+def _from_below(v: torch.Tensor) -> torch.Tensor:
+    return torch.cat([v[1:], v[-1:]], 0)
+
+
 def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None = None, lam: float = 0.0,
            guess: torch.Tensor | None = None) -> torch.Tensor:
     """Best vector symbol per block: src luma (T, H, W) of the group, ref luma (T, H, W) of the
@@ -234,6 +252,15 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
                     continue
                 ty, tx = (cy + oy * step).clamp(-RANGE, RANGE), (cx + ox * step).clamp(-RANGE, RANGE)
                 keep(cost(ty, tx) + bits(ty, tx), ty, tx)
+    # 3. neighbours' vectors: each block tries those its four neighbours ended with, twice over
+    # (a vector found in one block spreads two blocks): a block whose own search was fooled by
+    # flat or repeating content takes its neighbours' motion where that predicts as well, a
+    # smoother field the network's encoder (which sees across blocks) predicts better from
+    for _ in range(NEIGHBOUR_ROUNDS):
+        fy, fx = vy, vx
+        for take_from in (_from_left, _from_right, _from_above, _from_below):
+            ty, tx = take_from(fy), take_from(fx)
+            keep(cost(ty, tx) + bits(ty, tx), ty, tx)
     return torch.where(still <= best, ZERO, symbol(vy, vx))
 
 
