@@ -14,8 +14,9 @@ against its own prediction, plus lambda times the vector's bits under the caller
 coarse to fine: every whole-pixel vector at quarter resolution on the first frame, then from
 the best of that, no motion and the caller's guess: +-2 and +-1 whole pixels, +-1/2 and +-1/4
 pixel at full resolution, read from the reference's 16 precomputed quarter-pixel phases; then,
-twice, each block tries the vectors its four neighbours ended with; the still vector is kept
-unless a moving one beats it by 3 %); the decoder only applies the vectors it reads.  Nothing here touches the entropy coder: the rate model is a function passed in.
+twice, each block tries the vectors its four neighbours ended with, then +-1/2 and +-1/4 pixel
+around its best again; the still vector is kept unless a moving one beats it by 3 %); the
+decoder only applies the vectors it reads.  Nothing here touches the entropy coder: the rate model is a function passed in.
 """
 from __future__ import annotations
 
@@ -196,9 +197,10 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     vy, vx = o[best // n], o[best % n]  # quarter pixels
     # 2. refine at full resolution: whole pixels +-2 by 2 then +-1, then half and quarter pixels
     # the reference is padded as far as any candidate can reach: the starts, then at most
-    # 2 + 1 + 1/2 + 1/4 pixels of refinement (a tighter margin: smaller phases, faster gathers)
+    # 2 + 1 + 1/2 + 1/4 pixels of refinement, a neighbour's vector (as far), 1/2 + 1/4 pixel more
+    # (a tighter margin: smaller phases, faster gathers)
     starts = [vy, vx] + (list(vector(guess)) if guess is not None else [])
-    reach = min(RANGE, int(max(int(a.abs().max()) for a in starts)) + 4 * SUB - 1) if vy.numel() else RANGE
+    reach = min(RANGE, int(max(int(a.abs().max()) for a in starts)) + 5 * SUB - 2) if vy.numel() else RANGE
     margin = T * -(-reach // SUB) + 4
     ph = _phases(r, margin).reshape(-1)
     Hq, Wq = H + 2 * margin + 1, W + 2 * margin + 1
@@ -244,14 +246,18 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     if guess is not None:
         gy, gx = vector(guess)
         keep(cost(gy, gx) + bits(gy, gx), gy, gx)
-    for step in (2 * SUB, SUB, SUB // 2, SUB // 4):
-        cy, cx = vy, vx
-        for oy in (-1, 0, 1):
-            for ox in (-1, 0, 1):
-                if oy == 0 and ox == 0:
-                    continue
-                ty, tx = (cy + oy * step).clamp(-RANGE, RANGE), (cx + ox * step).clamp(-RANGE, RANGE)
-                keep(cost(ty, tx) + bits(ty, tx), ty, tx)
+
+    def refine(steps):  # each block tries its 8 neighbours at each step around its best so far
+        for step in steps:
+            cy, cx = vy, vx
+            for oy in (-1, 0, 1):
+                for ox in (-1, 0, 1):
+                    if oy == 0 and ox == 0:
+                        continue
+                    ty, tx = (cy + oy * step).clamp(-RANGE, RANGE), (cx + ox * step).clamp(-RANGE, RANGE)
+                    keep(cost(ty, tx) + bits(ty, tx), ty, tx)
+
+    refine((2 * SUB, SUB, SUB // 2, SUB // 4))
     # 3. neighbours' vectors: each block tries those its four neighbours ended with, twice over
     # (a vector found in one block spreads two blocks): a block whose own search was fooled by
     # flat or repeating content takes its neighbours' motion where that predicts as well, a
@@ -261,6 +267,7 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
         for take_from in (_from_left, _from_right, _from_above, _from_below):
             ty, tx = take_from(fy), take_from(fx)
             keep(cost(ty, tx) + bits(ty, tx), ty, tx)
+    refine((SUB // 2, SUB // 4))  # 4. the half and quarter pixels around what the blocks now hold
     return torch.where(still <= best, ZERO, symbol(vy, vx))
 
 
