@@ -16,7 +16,8 @@ the best of that, no motion and the caller's guess: +-2 and +-1 whole pixels, +-
 pixel at full resolution, read from the reference's 16 precomputed quarter-pixel phases; then,
 twice, each block tries the vectors its four neighbours ended with, then +-1/2 and +-1/4 pixel
 around its best again; the still vector is kept unless a moving one beats it by 3 %); the
-decoder only applies the vectors it reads.  Nothing here touches the entropy coder: the rate model is a function passed in.
+decoder only applies the vectors it reads.  Nothing here touches the entropy coder: the rate
+model is a function passed in.
 """
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def _from_left(v: torch.Tensor) -> torch.Tensor:
-    """Each block's value from its left neighbour (its own at the left edge); likewise below."""
+    """Each block's value from its left neighbour (its own at the edge); the three below likewise
+    from the right, above and below."""
     return torch.cat([v[:, :1], v[:, :-1]], 1)
 
 
