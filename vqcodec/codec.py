@@ -190,7 +190,8 @@ class SegmentCoder:
         to_dev = lambda a: torch.from_numpy(a).float().to(device)
         self._bits = to_dev(self.coder.bits) if self.coder else None
         self._mode_bits = to_dev(self.coder.mode_bits) if self.coder else None
-        self._coef_bits = to_dev(self.coder.coef_bits) if self.coder else None
+        # (quality, kind, position, context, symbol): one quality's and kind's rates are one contiguous table
+        self._coef_bits = to_dev(self.coder.coef_bits).transpose(1, 2).contiguous() if self.coder else None
         self._mv_bits = to_dev(self.coder.mv_bits) if self.coder else None
         self._flag_bits = to_dev(self.coder.flag_bits) if self.coder else None
         self._bucket = torch.as_tensor(NNZ_BUCKET, device=device)  # entropy.py's contexts, on the device
@@ -228,12 +229,12 @@ class SegmentCoder:
         if self._coef_bits is None:  # a rough model of an adaptive coder, while tables are fitted
             a = c.abs().float()
             return torch.where(a == 0, 0.3, 2.5 + 2 * torch.log2(a.clamp(min=1))).sum(1)
-        table = self._coef_bits[quality - 1, :, kind]  # (P, contexts, symbols)
+        table = self._coef_bits[quality - 1, kind]  # (P, contexts, symbols)
         contexts, width = table.shape[1:]
         nz = (c != 0).long()
         ctx = 4 * hist[:, None] + self._bucket[(nz.cumsum(1) - nz).clamp_(max=4)]
         ctx += torch.arange(c.shape[1], device=c.device) * contexts  # each position's own rows
-        return table.contiguous().take(ctx.mul_(width).add_(c).add_(COEF_MAX)).sum(1)
+        return table.take(ctx.mul_(width).add_(c).add_(COEF_MAX)).sum(1)
 
     # -- reconstruction --------------------------------------------------------------------------
     def rebuild(self, z_vq: torch.Tensor, z_pred: torch.Tensor | None, modes: torch.Tensor,

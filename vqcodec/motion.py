@@ -144,22 +144,10 @@ def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
     return out.div_(SUB * SUB).reshape(SUB * SUB, *out.shape[2:])
 
 
-def _from_left(v: torch.Tensor) -> torch.Tensor:
-    """Each block's value from its left neighbour (its own at the edge); the three below likewise
-    from the right, above and below."""
-    return torch.cat([v[:, :1], v[:, :-1]], 1)
-
-
-def _from_right(v: torch.Tensor) -> torch.Tensor:
-    return torch.cat([v[:, 1:], v[:, -1:]], 1)
-
-
-def _from_above(v: torch.Tensor) -> torch.Tensor:
-    return torch.cat([v[:1], v[:-1]], 0)
-
-
-def _from_below(v: torch.Tensor) -> torch.Tensor:
-    return torch.cat([v[1:], v[-1:]], 0)
+def _from_neighbour(v: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Each block's value (Hb, Wb) from the block dy rows and dx columns away (its own at the edge)."""
+    at = lambda n, d: (torch.arange(n, device=v.device) + d).clamp_(0, n - 1)
+    return v[at(v.shape[0], dy)[:, None], at(v.shape[1], dx)[None, :]]
 
 
 def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None = None, lam: float = 0.0,
@@ -266,8 +254,8 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     # smoother field the network's encoder (which sees across blocks) predicts better from
     for _ in range(NEIGHBOUR_ROUNDS):
         fy, fx = vy, vx
-        for take_from in (_from_left, _from_right, _from_above, _from_below):
-            ty, tx = take_from(fy), take_from(fx)
+        for dy, dx in ((0, -1), (0, 1), (-1, 0), (1, 0)):  # left, right, above, below
+            ty, tx = _from_neighbour(fy, dy, dx), _from_neighbour(fx, dy, dx)
             keep(cost(ty, tx) + bits(ty, tx), ty, tx)
     refine((SUB // 2, SUB // 4))  # 4. the half and quarter pixels around what the blocks now hold
     return torch.where(still <= best, ZERO, symbol(vy, vx))
