@@ -76,14 +76,49 @@ def test_predict_moves_each_frame_by_its_distance_from_the_reference():
     mv[1, 2] = symbol(torch.tensor(SUB), torch.tensor(-2 * SUB))  # 1 pixel down, 2 left, per frame
     py, pu, _ = predict((y, c, c), mv, patch)
     last = y[-1]
+    r = side // 4  # the block's edges overlap its still neighbours' predictions: compare inside
     for t in range(2):
         d = t + 1
-        block = py[t, side:2 * side, 2 * side:3 * side]
-        want = last[side + d:2 * side + d, 2 * side - 2 * d:3 * side - 2 * d]
+        block = py[t, side + r:2 * side - r, 2 * side + r:3 * side - r]
+        want = last[side + d + r:2 * side + d - r, 2 * side - 2 * d + r:3 * side - 2 * d - r]
         assert torch.allclose(block, want, atol=1e-6)
-    assert torch.equal(py[:, :side], y[-1:, :side].expand(2, -1, -1))  # still blocks: the last frame itself
-    cb = pu[1, side // 2:side, side:side * 3 // 2]  # chroma moves half as far: 1 px down, 2 left at t = 1
-    assert torch.allclose(cb, c[-1, side // 2 + 1:side + 1, side - 2:side * 3 // 2 - 2], atol=1e-6)
+    assert not torch.allclose(py[0, side:2 * side, 2 * side:3 * side],
+                              last[side + 1:2 * side + 1, 2 * side - 2:3 * side - 2], atol=1e-6)
+    # still blocks away from it: the last frame itself
+    assert torch.equal(py[:, :side - r], y[-1:, :side - r].expand(2, -1, -1))
+    cs, cr = side // 2, side // 8  # chroma moves half as far: 1 px down, 2 left at t = 1
+    cb = pu[1, cs + cr:2 * cs - cr, 2 * cs + cr:3 * cs - cr]
+    assert torch.allclose(cb, c[-1, cs + 1 + cr:2 * cs + 1 - cr, 2 * cs - 2 + cr:3 * cs - 2 - cr], atol=1e-6)
+
+
+@pytest.mark.parametrize("h, w", [(64, 96), (44, 60), (8, 12)])
+def test_overlapped_prediction_is_the_per_pixel_mix_of_the_neighbours_shifts(h, w):
+    # the definition: a pixel k pixels inside its block's edge (k < side // 4) takes
+    # w[k] / total of the prediction the neighbour across that edge would give it (`shift` with the
+    # neighbour's displacement), the rest of its own; computed here pixel by pixel, in float64
+    g = torch.Generator().manual_seed(h + w)
+    p = _picture(h, w, seed=h)
+    for denom, side in ((SUB, 16), (2 * SUB, 8)):
+        total, wts = motion.overlap_weights(side)
+        assert total == 4 * (side // 4) and wts.tolist() == list(range(side // 2 - 1, 0, -2))
+        hb, wb = -(-h // side), -(-w // side)
+        dy, dx = (torch.randint(-40, 41, (hb, wb), generator=g) for _ in range(2))
+        dy[0, 0], dx[0, 0] = dy[0, -1], dx[0, -1]  # some neighbours alike
+        rows, cols = torch.arange(h) // side, torch.arange(w) // side
+        at = lambda v, oy, ox: v[(rows + oy).clamp(0, hb - 1)[:, None], (cols + ox).clamp(0, wb - 1)[None, :]]
+        own = shift(p, at(dy, 0, 0), at(dx, 0, 0), denom).double()
+        ramp = torch.zeros(side, dtype=torch.float64)
+        ramp[:len(wts)] = wts.double() / total
+        ky, kx = torch.arange(h) % side, torch.arange(w) % side
+        want = own.clone()
+        for (oy, ox), wgt in (((0, -1), ramp[kx][None, :]), ((0, 1), ramp[side - 1 - kx][None, :]),
+                              ((-1, 0), ramp[ky][:, None]), ((1, 0), ramp[side - 1 - ky][:, None])):
+            theirs = shift(p, at(dy, oy, ox), at(dx, oy, ox), denom).double()
+            want += wgt * (theirs - own)
+        got = motion.overlapped(p, dy, dx, side, denom)
+        assert torch.equal(got.double(), want), (denom, float((got.double() - want).abs().max()))
+        same = motion.overlapped(p, dy * 0 + 5, dx * 0 - 3, side, denom)  # one motion: no seams to hide
+        assert torch.equal(same, motion.shift_blocks(p, dy * 0 + 5, dx * 0 - 3, side, denom))
 
 
 def test_the_search_finds_a_sub_pixel_pan_and_keeps_a_still_picture_still():
@@ -131,8 +166,10 @@ def test_blocks_take_their_neighbours_vectors_where_those_cost_less(monkeypatch)
     ref, src = torch.stack(frames[:2]).mul(255).round().div(255), torch.stack(frames[2:])
     rate, lam = (lambda dy, dx: (dy.abs() + dx.abs()).float() * 0.05 + 1), 2.0
 
-    def objective(mv):  # per block, computed with `predict`, as the decoder would predict
-        pred = predict((ref, ref[:, ::2, ::2], ref[:, ::2, ::2]), mv, 4)[0]
+    def objective(mv):  # per block, each block's own prediction (`shift`), as the search weighs it
+        dy, dx = vector(mv)
+        last = ref[-1].mul(255)
+        pred = torch.stack([motion.shift_blocks(last, t * dy, t * dx, 16, SUB) for t in (1, 2)]) / 255
         sad = (pred - src).abs().mul(255).sum(0).reshape(h // 16, 16, w // 16, 16).sum((1, 3))
         return torch.where(mv == ZERO, sad * motion.STILL_BIAS, sad) + lam * rate(*vector(mv))
 
@@ -173,14 +210,3 @@ def test_block_sums_and_token_masks_follow_the_blocks():
     assert mask[BLOCK:, 2 * BLOCK:].all() and mask.sum() == (h - BLOCK) * (w - 2 * BLOCK)
     sums = motion.block_sums(torch.ones(h * w), (h, w))
     assert sums.tolist() == [[16, 16, 4], [8, 8, 2]]
-
-
-def test_standing_blocks_still_after_prediction_equals_predicting_with_fewer_vectors():
-    y = torch.stack([_picture(64, 96, 4), _picture(64, 96, 5)]).div(255.0)
-    c = torch.stack([_picture(32, 48, 6)] * 2).div(255.0)
-    g = torch.Generator().manual_seed(1)
-    mv = torch.randint(0, motion.VECTORS, (4, 6), generator=g)
-    pred = predict((y, c, c), mv, 4)
-    fewer = torch.where(torch.rand(4, 6, generator=g) < 0.5, mv, ZERO)
-    for a, b in zip(motion.stand_still(pred, (y, c, c), fewer, 4), predict((y, c, c), fewer, 4)):
-        assert torch.equal(a, b)

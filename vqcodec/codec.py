@@ -302,9 +302,8 @@ class SegmentCoder:
         still_err = motion.block_sums(((z - z_prev) ** 2).sum(1), shape)
         moving = (moved_err < MC_GAIN * still_err) & (motion.block_sums((~still).float(), shape) > 0)
         kept = torch.where(moving, mv, motion.ZERO)
-        if not torch.equal(kept, mv):  # the encoder network sees across blocks: predict again
-            pred = motion.stand_still(pred, recon, kept, self.cfg.patch)
-            mv, z_base = kept, self.base(z_prev, recon, kept, shape, pred)
+        if not torch.equal(kept, mv):  # the edges overlap and the network sees across blocks: predict again
+            mv, z_base = kept, self.base(z_prev, recon, kept, shape)
         return mv, z_base
 
     @torch.no_grad()

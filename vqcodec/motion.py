@@ -5,12 +5,15 @@ A group after the first may predict each block of BLOCK x BLOCK tokens from the 
 from that frame displaced by (t + 1) * v (constant velocity), every plane alike (chroma by half
 of it).  Vectors are in quarter luma pixels, -RANGE..RANGE per axis; positions between pixels are
 interpolated bilinearly in exact integer arithmetic (8-bit samples times weights of at most
-2**6), so every device predicts the same values; picture edges are repeated.  A vector is carried
+2**6), so every device predicts the same values; picture edges are repeated.  The blocks' edges
+overlap (`overlapped`): the pixels within a quarter block of an edge mix in, by a ramp of exact
+integer weights, what the neighbour across it would predict there with its own vector, so the
+seams between blocks that move differently do not reach the latent as false detail.  A vector is carried
 as one symbol per block: (dy + RANGE) * SIDE + (dx + RANGE); ZERO is the still vector, which
 keeps the previous group's latent instead (a still block's tokens keep their own history).
 
 The search is the encoder's (sum of absolute differences on luma over the group's frames, each
-against its own prediction, plus lambda times the vector's bits under the caller's rate model;
+against its own prediction (each block's own, without the overlap), plus lambda times the vector's bits under the caller's rate model;
 coarse to fine: every whole-pixel vector at quarter resolution on the first frame, then from
 the best of that, no motion and the caller's guess: +-2 and +-1 whole pixels, +-1/2 and +-1/4
 pixel at full resolution, read from the reference's 16 precomputed quarter-pixel phases; then,
@@ -59,8 +62,12 @@ def _per_pixel(v: torch.Tensor, side: int, h: int, w: int) -> torch.Tensor:
 
 def _bilinear(a, b, c, d, fy, fx, n: int) -> torch.Tensor:
     """The value at (fy / n, fx / n) between pixels a (top left), b (top right), c (bottom left)
-    and d (bottom right): integer weights, one exact division by n * n."""
-    return ((n - fy) * ((n - fx) * a + fx * b) + fy * ((n - fx) * c + fx * d)) / (n * n)
+    and d (bottom right): ((n - fy)((n - fx) a + fx b) + fy((n - fx) c + fx d)) / n**2, integer
+    weights, every step exact (so computed in place, in any order, it is the same), one exact
+    division by n * n."""
+    gx = n - fx
+    top = (a * gx).addcmul_(b, fx)
+    return top.mul_(n - fy).addcmul_((c * gx).addcmul_(d, fx), fy).div_(n * n)
 
 
 def shift(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, denom: int) -> torch.Tensor:
@@ -77,55 +84,113 @@ def shift(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, denom: int) -> to
     return _bilinear(flat.take(at), flat.take(at + 1), flat.take(at + wp), flat.take(at + wp + 1), fy, fx, denom)
 
 
+def _reach(dy: torch.Tensor, dx: torch.Tensor, denom: int) -> int:
+    """Whole pixels of margin that displacements (dy, dx) / denom read past a plane's edges."""
+    return max(int(d.abs().max()) // denom for d in (dy, dx)) + 2 if dy.numel() else 1
+
+
+def _rects(flat: torch.Tensor, m: int, height: int, top: torch.Tensor, left: torch.Tensor, dy: torch.Tensor,
+           dx: torch.Tensor, size: tuple[int, int], denom: int) -> torch.Tensor:
+    """Rectangles of size (bh, bw) of a plane `height` rows high, padded by repeating its edges
+    (`flat`: m rows above and below, m columns on the left, at least m + bw on the right), whose
+    top-left pixels are (top, left) (N,), each displaced by its (dy, dx) / denom (N,) (at most
+    m - 1 whole pixels) -> (N, bh, bw): `shift`'s values bit for bit.  Each rectangle row is read
+    as one run of bw + 1 samples (and the run below it) instead of four gathers per pixel; rows
+    past the picture's bottom repeat its last row, columns past its right edge are the caller's to
+    crop."""
+    bh, bw = size
+    iy, ix = torch.div(dy, denom, rounding_mode="floor"), torch.div(dx, denom, rounding_mode="floor")
+    fy, fx = ((d - i * denom).to(flat.dtype)[:, None, None] for d, i in ((dy, iy), (dx, ix)))
+    wp = flat.shape[1]
+    runs = torch.as_strided(flat, (flat.numel() - bw, bw + 1), (1, 1))
+    rows = (top[:, None] + torch.arange(bh, device=flat.device)[None, :]).clamp_(max=height - 1)
+    start = (rows + iy[:, None] + m) * wp + (left + ix + m)[:, None]
+    above = runs.index_select(0, start.reshape(-1)).reshape(-1, bh, bw + 1)
+    below = runs.index_select(0, (start + wp).reshape(-1)).reshape(-1, bh, bw + 1)
+    return _bilinear(above[..., :-1], above[..., 1:], below[..., :-1], below[..., 1:], fy, fx, denom)
+
+
+def _padded(p: torch.Tensor, m: int, side: int) -> torch.Tensor:
+    """Plane p with m repeated edge rows and columns, 2 * side more columns on the right (the
+    runs of blocks cut by the right edge, and their last quarter, stay inside their own row)."""
+    return F.pad(p[None, None], (m, m + 2 * side, m, m), mode="replicate")[0, 0]
+
+
+def _corners(hb: int, wb: int, side: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-left pixels (Hb * Wb,) of the blocks, raster order."""
+    at = torch.arange(hb * wb, device=device)
+    return at // wb * side, at % wb * side
+
+
+def _unblock(blocks: torch.Tensor, hb: int, wb: int, h: int, w: int) -> torch.Tensor:
+    """Blocks (Hb * Wb, side, side), raster order -> the plane (h, w) they tile (cropped)."""
+    side = blocks.shape[-1]
+    return blocks.reshape(hb, wb, side, side).permute(0, 2, 1, 3).reshape(hb * side, wb * side)[:h, :w]
+
+
 def shift_blocks(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, side: int, denom: int) -> torch.Tensor:
     """`shift` for displacements constant over blocks of side x side pixels (dy, dx (Hb, Wb)),
-    bit for bit: each block row is read as one run of side + 1 samples (and the run below it)
-    instead of four gathers per pixel."""
-    H, W = p.shape
+    bit for bit, block by block (`_rects`)."""
     hb, wb = dy.shape
-    iy, ix = torch.div(dy, denom, rounding_mode="floor"), torch.div(dx, denom, rounding_mode="floor")
-    fy, fx = ((d - i * denom).to(p.dtype)[:, :, None, None] for d, i in ((dy, iy), (dx, ix)))
-    m = int(max(iy.abs().max(), ix.abs().max())) + 1
-    # the margin of repeated edges stands for clamping, as in `shift`; `side` more columns on the
-    # right keep the runs of blocks cut by the right edge inside their own row (those samples are
-    # cropped away)
-    flat = F.pad(p[None, None], (m, m + side, m, m), mode="replicate")[0, 0]
-    wp = flat.shape[1]
-    runs = torch.as_strided(flat, (flat.numel() - side, side + 1), (1, 1))
-    at = lambda n: torch.arange(n, device=p.device)
-    rows = (at(hb)[:, None] * side + at(side)[None, :]).clamp_(max=H - 1)  # rows past the edge: cropped
-    top = ((rows[:, None, :] + iy[:, :, None] + m) * wp + (at(wb) * side)[None, :, None] + ix[:, :, None] + m)
-    above = runs.index_select(0, top.reshape(-1)).reshape(hb, wb, side, side + 1)
-    below = runs.index_select(0, (top + wp).reshape(-1)).reshape(hb, wb, side, side + 1)
-    out = _bilinear(above[..., :-1], above[..., 1:], below[..., :-1], below[..., 1:], fy, fx, denom)
-    return out.permute(0, 2, 1, 3).reshape(hb * side, wb * side)[:H, :W]
+    top, left = _corners(hb, wb, side, p.device)
+    m = _reach(dy, dx, denom)
+    out = _rects(_padded(p, m, side), m, p.shape[0], top, left, dy.reshape(-1), dx.reshape(-1), (side, side), denom)
+    return _unblock(out, hb, wb, *p.shape)
+
+
+def overlap_weights(side: int) -> tuple[int, torch.Tensor]:
+    """The overlapped prediction's weights across a block of `side` pixels: (total, w) with w[k]
+    (k = 0 .. side // 4 - 1) the weight, out of `total`, of the neighbour's prediction on the
+    pixel k pixels in from the edge they share: a ramp from just under half at the edge to
+    nothing a quarter of the block in (7, 5, 3, 1 of 16 for 16 pixels; 3, 1 of 8 for 8)."""
+    r = max(1, side // 4)
+    return 4 * r, torch.arange(2 * r - 1, 0, -2)
+
+
+def overlapped(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, side: int, denom: int) -> torch.Tensor:
+    """Overlapped block motion compensation of plane p (H, W), displacements (dy, dx) (Hb, Wb) per
+    block of side x side pixels: a pixel within side // 4 of its block's edge mixes the block's own
+    prediction (`shift_blocks`) with the prediction its neighbour across that edge would give it,
+    ((total - sum w) * own + sum w * neighbour's) / total (overlap_weights; a block at the
+    picture's edge has no neighbour there, a neighbour with the same displacement changes nothing).
+    Exact: every value is a multiple of 1 / denom**2 and every product and sum stays below 2**24,
+    so every device computes the same values."""
+    hb, wb = dy.shape
+    top, left = _corners(hb, wb, side, p.device)
+    vy, vx = dy.reshape(-1), dx.reshape(-1)
+    m = _reach(dy, dx, denom)  # a neighbour's displacement is one of these too
+    flat = _padded(p, m, side)
+    own = _rects(flat, m, p.shape[0], top, left, vy, vx, (side, side), denom)
+    total, w = overlap_weights(side)
+    r, w = len(w), w.to(device=p.device, dtype=p.dtype)
+    head, tail, every = slice(0, r), slice(side - r, side), slice(0, side)
+    out = own * total
+    # the neighbour (block offset), the pixels it overlaps (rows, columns) and its weights on them
+    for (oy, ox), rows, cols, ramp in (((0, -1), every, head, w[None, :]), ((0, 1), every, tail, w.flip(0)[None, :]),
+                                       ((-1, 0), head, every, w[:, None]), ((1, 0), tail, every, w.flip(0)[:, None])):
+        ny, nx = _from_neighbour(dy, oy, ox).reshape(-1), _from_neighbour(dx, oy, ox).reshape(-1)
+        sel = torch.nonzero((ny != vy) | (nx != vx)).reshape(-1)
+        if len(sel):
+            size = (rows.stop - rows.start, cols.stop - cols.start)
+            theirs = _rects(flat, m, p.shape[0], top[sel] + rows.start, left[sel] + cols.start, ny[sel], nx[sel],
+                            size, denom)
+            out[sel, rows, cols] += ramp * (theirs - own[sel, rows, cols])
+    return _unblock(out.div_(total), hb, wb, *p.shape)
 
 
 def predict(planes: tuple[torch.Tensor, ...], symbols: torch.Tensor, patch: int) -> tuple[torch.Tensor, ...]:
     """The previous group's decoded planes (T, H, W), (T, H/2, W/2) x 2 (8-bit values in [0, 1])
     and the vectors (Hb, Wb) -> the predicted planes of the same shapes: frame t is the last
-    frame displaced by (t + 1) * v (`shift`, computed block by block)."""
+    frame displaced by (t + 1) * v, each block's edges overlapped with its neighbours'
+    predictions (`overlapped`)."""
     dy, dx = vector(symbols)
     out = []
     for c, p in enumerate(planes):
         s = 1 if c == 0 else 2
         last = p[-1].mul(255.0).round_()
         side = BLOCK * patch // s
-        out.append(torch.stack([shift_blocks(last, (t + 1) * dy, (t + 1) * dx, side, SUB * s)
+        out.append(torch.stack([overlapped(last, (t + 1) * dy, (t + 1) * dx, side, SUB * s)
                                 for t in range(p.shape[0])]).div_(255.0))
-    return tuple(out)
-
-
-def stand_still(pred: tuple[torch.Tensor, ...], planes: tuple[torch.Tensor, ...], symbols: torch.Tensor,
-                patch: int) -> tuple[torch.Tensor, ...]:
-    """`predict`'s output for other vectors, cheaply: the planes predicted with some vectors,
-    with the blocks whose vector is now ZERO put back to the last frame (a pixel's prediction
-    depends only on its own block's vector)."""
-    out = []
-    for c, (q, p) in enumerate(zip(pred, planes)):
-        side = BLOCK * patch // (1 if c == 0 else 2)
-        moving = _per_pixel(symbols != ZERO, side, *q.shape[1:])
-        out.append(torch.where(moving, q, p[-1]))
     return tuple(out)
 
 
@@ -155,9 +220,10 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     """Best vector symbol per block: src luma (T, H, W) of the group, ref luma (T, H, W) of the
     previous group's decoded frames, in [0, 1] (H, W multiples of patch) -> (Hb, Wb) long.
     A vector's cost is the sum over the group's frames t of the absolute differences between
-    frame t and the previous group's last frame displaced by (t + 1) * v, as predicted, plus
-    `lam` times its bits under `rate` (the caller's model of the vector's code length: where
-    pictures match about as well anywhere, the cheapest vector wins).  `guess` (Hb, Wb): vector
+    frame t and the previous group's last frame displaced by (t + 1) * v (the block's own
+    prediction, its edges not overlapped), plus `lam` times its bits under `rate` (the caller's
+    model of the vector's code length: where pictures match about as well anywhere, the cheapest
+    vector wins).  `guess` (Hb, Wb): vector
     symbols tried as a second start for the refinement (the caller's prediction)."""
     if not lam:
         rate = None
