@@ -78,9 +78,16 @@ def test_tables_are_integer_rows_of_fixed_total(coder):
     assert coder.flag_tables.shape == (FLAG_CONTEXTS, 2)
 
 
-def test_coefficient_contexts_count_the_earlier_non_zeros_and_the_tokens_history():
-    c = np.array([[0, 3, 0, -1, 2, 5, 0, 1], [0] * 8])
-    assert coef_contexts(c, np.array([0, 4])).tolist() == [[0, 0, 1, 1, 2, 2, 3, 3], [16] * 8]
+def test_coefficient_contexts_count_the_earlier_non_zeros_the_history_and_the_neighbours():
+    # one row of three tokens: pass A, pass B, pass A (not coding: its values must not count)
+    c = np.array([[[0, 3, 0, -1, 2, 5, 0, 1], [4, 0, -2, 0, 0, 0, 0, 0], [7] * 8]])
+    ctx = coef_contexts(c, np.array([[0, 1, -1]]), np.array([[0, 4, 0]]))
+    # pass A: own (4 h + non-zeros so far, bucketed) x 6 + its neighbours' non-zeros at earlier
+    # positions (0, 1-2, 3+ -> 0, 1, 2): here the pass-B token's 0, 1, 1, 2, ...
+    assert ctx.shape == (2, 8)  # the coding tokens' only
+    assert ctx[0].tolist() == [0, 1, 7, 7, 13, 13, 19, 19]
+    # pass B: own x 6 + 3 + how many pass-A neighbours are non-zero at this very position
+    assert ctx[1].tolist() == [99, 106, 105, 112, 112, 112, 111, 112]
     assert history(np.array([[0] * 8, [1] + [0] * 7, [1, 1, 1] + [0] * 5, [1] * 8])).tolist() == [0, 1, 2, 3]
 
 

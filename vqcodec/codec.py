@@ -191,7 +191,7 @@ class SegmentCoder:
         self._bits = to_dev(self.coder.bits) if self.coder else None
         self._mode_bits = to_dev(self.coder.mode_bits) if self.coder else None
         # (quality, kind, position, context, symbol): one quality's and kind's rates are one contiguous table
-        self._coef_bits = to_dev(self.coder.coef_bits).transpose(1, 2).contiguous() if self.coder else None
+        self._coef_bits = to_dev(self.coder.coef_own_bits).transpose(1, 2).contiguous() if self.coder else None
         self._mv_bits = to_dev(self.coder.mv_bits) if self.coder else None
         self._flag_bits = to_dev(self.coder.flag_bits) if self.coder else None
         self._bucket = torch.as_tensor(NNZ_BUCKET, device=device)  # entropy.py's contexts, on the device

@@ -59,7 +59,11 @@ Contexts (all discrete, all from data the decoder already has):
     4 * h + n) with h the token's history: how many non-zero coefficients it had the last time
     it was coded in this segment (0, 1-2, 3-7, 8 or more; 0 too when it was SKIP in a fresh
     group; 4 = never: in a fresh group), and n the number of non-zero coefficients at its
-    earlier positions now (0, 1, 2-3, 4 or more).
+    earlier positions now (0, 1, 2-3, 4 or more); times NEAR_LEVELS, plus its neighbours' part
+    (near_context): coefficients are coded position by position, at each position the tokens of
+    pass A ((i + j) even) before those of pass B, so a pass-A token is keyed by its four
+    neighbours' non-zeros at earlier positions, a pass-B token by how many of its neighbours (all
+    pass A) are non-zero at this very position.
 A static region is skipped wholesale in contexts that predict "skip" with near certainty: it
 costs a small fraction of a bit per token; a token's high frequencies, once its low ones are
 zero, cost little more.
@@ -81,8 +85,8 @@ coefficients as below.  Inside a later group: its static flag, then (when 0) its
 (when 1, the rest is a fresh group's), then (when 0) the vertical vector components grouped by
 context (ascending), then the horizontal ones likewise, the block skip flags likewise, pass-A
 modes likewise, pass-B modes likewise, near modes likewise, the indices grouped by key = stage * (2K + 1) + context
-(ascending), then the coefficients position by position (each position's grouped by kind, then
-context), raster order inside every group of symbols.  Each group of symbols sharing a table is
+(ascending), then the coefficients position by position (each position's pass-A tokens' grouped
+by kind, then context, then its pass-B tokens' likewise), raster order inside every group of symbols.  Each group of symbols sharing a table is
 one constriction call, never a Python loop per symbol.  All groups of a segment share one
 range-coder stream.
 """
@@ -121,7 +125,10 @@ KINDS = 2              # coefficients of an intra token (0) or of an inter chang
 NNZ_BUCKET = np.array([0, 1, 2, 2, 3])  # non-zeros so far (capped at 4) -> context
 HISTORY_EDGES = (1, 3, 8)                # a token's last non-zero count -> history 0..3
 NEVER = len(HISTORY_EDGES) + 1         # history of a token not coded yet in the segment: 4
-COEF_CONTEXTS = 4 * (NEVER + 1)
+COEF_OWN = 4 * (NEVER + 1)             # contexts from the token itself: history x non-zeros so far
+NEAR_LEVELS = 6                        # and from its neighbours (near_context)
+AROUND_BUCKET = np.array([0, 1, 1, 2])  # the neighbours' non-zeros at earlier positions (capped at 3) -> 0..2
+COEF_CONTEXTS = COEF_OWN * NEAR_LEVELS
 # Adaptation inside a segment: a row's distribution for a group mixes the table's row, weighted as
 # ADAPT_PRIOR symbols, with the counts of the symbols coded in that context in the segment's
 # earlier groups; a row whose count passes ADAPT_LIMIT has its counts halved (rounding up), so
@@ -164,15 +171,33 @@ def history(coefs: np.ndarray) -> np.ndarray:
     return np.searchsorted(HISTORY_EDGES, (coefs != 0).sum(-1), side="right")
 
 
-def coef_context(hist: np.ndarray, before: np.ndarray) -> np.ndarray:
-    """A coefficient's context from its token's history and the non-zeros at its earlier positions."""
-    return 4 * hist + NNZ_BUCKET[np.minimum(before, 4)]
+def coef_context(hist: np.ndarray, before: np.ndarray, near: np.ndarray | int = 0) -> np.ndarray:
+    """A coefficient's context from its token's history, the non-zeros at its earlier positions
+    and its neighbours' (near_context)."""
+    return (4 * hist + NNZ_BUCKET[np.minimum(before, 4)]) * NEAR_LEVELS + near
 
 
-def coef_contexts(coefs: np.ndarray, hist: np.ndarray) -> np.ndarray:
-    """(N, P) coefficients, (N,) histories -> (N, P) contexts."""
-    nz = (coefs != 0).astype(np.int64)
-    return coef_context(hist[:, None], np.cumsum(nz, 1) - nz)
+def near_context(odd: np.ndarray, around_before: np.ndarray, around_here: np.ndarray) -> np.ndarray:
+    """The neighbours' part of a coefficient's context.  Coefficients are coded position by
+    position, at each position the tokens of pass A ((i + j) even) before those of pass B, so a
+    token knows its four neighbours' coefficients at its earlier positions and, in pass B, its
+    neighbours' (all of pass A) at this one: pass A 0, 1 or 2 as those neighbours have no, 1-2 or
+    3 or more non-zeros at earlier positions (`around_before`); pass B 3 + how many of them are
+    non-zero here (`around_here`, 0, 1, 2 or more)."""
+    return np.where(odd, 3 + np.minimum(around_here, 2), AROUND_BUCKET[np.minimum(around_before, 3)])
+
+
+def coef_contexts(coefs: np.ndarray, kinds: np.ndarray, hist: np.ndarray) -> np.ndarray:
+    """A group's coefficients (h, w, P), kinds (h, w) (< 0: the token codes none) and histories
+    (h, w) -> the contexts (N, P) of the N coding tokens' coefficients (raster order), as the
+    decoder forms them."""
+    h, w = kinds.shape
+    sel = kinds >= 0
+    odd = parity(h, w)
+    nz = (coefs != 0) & sel[..., None]
+    before = np.cumsum(nz, -1, dtype=np.int16) - nz
+    near = near_context(odd[sel][:, None], _neighbours4(before)[sel], _neighbours4(nz & ~odd[..., None])[sel])
+    return coef_context(hist[sel][:, None], before[sel], near)
 
 
 def coef_keys(kinds: np.ndarray, contexts: np.ndarray, position: np.ndarray | int | None = None) -> np.ndarray:
@@ -191,7 +216,8 @@ def _neighbours3(m: np.ndarray) -> np.ndarray:
 
 
 def _neighbours4(m: np.ndarray) -> np.ndarray:
-    p = np.pad(m.astype(np.int8), 1)
+    """Sum of each cell's four neighbours (zero outside) over the first two axes of m (h, w, ...)."""
+    p = np.pad(m.astype(np.int16 if m.dtype == bool else m.dtype), [(1, 1), (1, 1)] + [(0, 0)] * (m.ndim - 2))
     return p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]
 
 
@@ -428,12 +454,6 @@ def _walk(sym: Symbols, codes: int):
         prev_moved, prev_mv, prev_changed = m != SKIP, mv, ~skip
 
 
-def _coded_coefs(kinds: np.ndarray, hist: np.ndarray, coefs: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The coding tokens' kinds (N,), histories (N,) and coefficients (N, P), raster order."""
-    sel = kinds.reshape(-1) >= 0
-    return kinds.reshape(-1)[sel], hist.reshape(-1)[sel], coefs.reshape(-1, coefs.shape[-1])[sel].astype(np.int64)
-
-
 def _runs(keys: np.ndarray):
     """Stable order of `keys` and its runs: (order, run keys, starts, ends)."""
     if keys.size and int(keys.max()) < 1 << 16:
@@ -486,8 +506,9 @@ class _Adaptive:
                 rows[seen] = adapted_rows(rows[seen], c[seen])
         if not models:
             return rows, None
-        return rows, [constriction.stream.model.Categorical(r.astype(np.float64) / float(1 << PRECISION), perfect=False)
-                      if s else self.coder._model(kind, k) for k, s, r in zip(keys.tolist(), seen.tolist(), rows)]
+        probs = rows[seen].astype(np.float64) / float(1 << PRECISION)  # the adapted rows' models
+        fresh = iter([constriction.stream.model.Categorical(p, perfect=False) for p in probs])
+        return rows, [next(fresh) if s else self.coder._model(kind, k) for k, s in zip(keys.tolist(), seen.tolist())]
 
     def record(self, kind: str, keys: np.ndarray, symbols: np.ndarray) -> None:
         if len(keys):
@@ -495,15 +516,20 @@ class _Adaptive:
 
     def commit(self) -> None:
         """The end of a group: its symbols join the counts."""
-        for kind, keys, symbols in self.pending:
+        runs: dict[str, list] = {}
+        for kind, keys, symbols in self.pending:  # one count per kind: a group may code a kind in many calls
+            runs.setdefault(kind, []).append((keys, symbols))
+        for kind, parts in runs.items():
             counts = self.counts.get(kind)
             if counts is None:
                 counts = self.counts[kind] = np.zeros(self.coder.table(kind).shape, dtype=np.int64)
             K = counts.shape[1]
-            keys = keys.astype(np.int64)
-            end = int(keys.max()) + 1  # counting sorts nothing: bincount over the rows up to the last key
-            counts[:end] += np.bincount(keys * K + symbols, minlength=end * K).reshape(end, K)
-            rows = np.flatnonzero(np.bincount(keys, minlength=end))
+            keys = np.concatenate([k for k, _ in parts]).astype(np.int64)
+            symbols = np.concatenate([s for _, s in parts]).astype(np.int64)
+            # counting sorts nothing: bincount over the rows from the first key to the last
+            lo, end = int(keys.min()), int(keys.max()) + 1
+            counts[lo:end] += np.bincount((keys - lo) * K + symbols, minlength=(end - lo) * K).reshape(end - lo, K)
+            rows = lo + np.flatnonzero(np.bincount(keys - lo, minlength=end - lo))
             full = rows[counts[rows].sum(1) > ADAPT_LIMIT]
             counts[full] = (counts[full] + 1) >> 1
         self.pending = []
@@ -528,6 +554,10 @@ class EntropyCoder:
         self.bits, self.mode_bits, self.mv_bits, self.coef_bits, self.flag_bits = (
             bits(self.tables), bits(self.mode_tables), bits(self.mv_tables), bits(self.coef_tables),
             bits(self.flag_tables))
+        # for the encoder's decisions, made before the neighbours' coefficients are known: each of
+        # a token's own contexts as the mean of its neighbour contexts' distributions
+        own = self.coef_tables.reshape(*self.coef_tables.shape[:3], COEF_OWN, NEAR_LEVELS, COEF_SYMBOLS)
+        self.coef_own_bits = bits(own.mean(4))
         # the cheapest possible symbol (adapted rows can give one symbol all but K - 1 of 2**16):
         # bounds how many symbols a payload of n bytes can hold
         self.min_bits = float(-np.log2(1 - 1 / (1 << PRECISION)))
@@ -583,6 +613,33 @@ class EntropyCoder:
             raise ValueError("a motion vector is out of range")
         return ((vy + RANGE) * SIDE + vx + RANGE).reshape(shape)
 
+    def _decode_coefs(self, dec, state: _Adaptive, offset: int, kinds: np.ndarray, hist: np.ndarray,
+                      odd: np.ndarray) -> np.ndarray:
+        """_code_coefs' inverse: a group's coefficients (h * w, P) (zero where a token codes none),
+        from its kinds and histories (h * w,) and pass-B map (h, w)."""
+        h, w = odd.shape
+        P = self.positions
+        coefs = np.zeros((h * w, P), dtype=np.int64)
+        before = np.zeros(h * w, dtype=np.int64)  # each token's non-zeros at earlier positions
+        a = np.flatnonzero((kinds >= 0) & ~odd.reshape(-1))
+        b = np.flatnonzero((kinds >= 0) & odd.reshape(-1))
+        if not len(a) + len(b):
+            return coefs
+        here = np.zeros(h * w, dtype=np.int64)
+        for r in range(P):  # a position's contexts need the earlier positions, pass B's pass A's here
+            if len(a):
+                around = _neighbours4(before.reshape(h, w)).reshape(-1)[a]
+                near = near_context(np.zeros(len(a), dtype=bool), around, 0)
+                coefs[a, r] = self._decode_runs(dec, state, "coef", offset + coef_keys(
+                    kinds[a], coef_context(hist[a], before[a], near), r)) - COEF_MAX
+                here[a] = coefs[a, r] != 0
+            if len(b):
+                near = near_context(np.ones(len(b), dtype=bool), 0, _neighbours4(here.reshape(h, w)).reshape(-1)[b])
+                coefs[b, r] = self._decode_runs(dec, state, "coef", offset + coef_keys(
+                    kinds[b], coef_context(hist[b], before[b], near), r)) - COEF_MAX
+            before += coefs[:, r] != 0
+        return coefs
+
     def _check_quality(self, quality: int) -> int:
         if not 1 <= quality <= self.qualities:
             raise ValueError(f"quality {quality} has no coefficient tables")
@@ -617,11 +674,25 @@ class EntropyCoder:
             for p in range(int(passes.max()) + 1):
                 coded = (keys >= 0) & (passes == p)[None]
                 bits += self._code_runs(enc, state, "index", keys[coded], g[coded])
-            kinds, hist, c = _coded_coefs(kinds, hist, coefs)
-            if len(c):
-                bits += self._code_runs(enc, state, "coef", (offset + coef_keys(kinds, coef_contexts(c, hist))
-                                                             ).reshape(-1), (c + COEF_MAX).reshape(-1))
+            bits += self._code_coefs(enc, state, offset, kinds, hist, coefs)
             state.commit()
+        return bits
+
+    def _code_coefs(self, enc, state: _Adaptive, offset: int, kinds: np.ndarray, hist: np.ndarray,
+                    coefs: np.ndarray) -> float:
+        """A group's coefficients, position by position, at each the tokens of pass A then those of
+        pass B (their contexts need pass A's values here): 2 P calls."""
+        sel = kinds >= 0
+        bits = 0.0
+        if not sel.any():
+            return bits
+        ctx = coef_contexts(coefs, kinds, hist)
+        odd = parity(*kinds.shape)[sel]
+        k, c = kinds[sel], coefs[sel].astype(np.int64)
+        parts = [(k[s], ctx[s], c[s]) for s in (~odd, odd)]
+        for r in range(coefs.shape[-1]):
+            for k, cx, c in parts:
+                bits += self._code_runs(enc, state, "coef", offset + coef_keys(k, cx[:, r], r), c[:, r] + COEF_MAX)
         return bits
 
     def decode_groups(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
@@ -686,14 +757,8 @@ class EntropyCoder:
                 g[coded] = self._decode_runs(dec, state, "index", keys[coded])
             kinds = coef_kinds(modes, (h, w)).reshape(-1)
             sel = kinds >= 0
-            c = np.zeros((int(sel.sum()), P), dtype=np.int64)
-            nonzero = np.zeros(len(c), dtype=np.int64)
-            for r in range(P):  # a position's contexts need the token's earlier positions
-                key = offset + coef_keys(kinds[sel], coef_context(hist[sel], nonzero), r)
-                c[:, r] = self._decode_runs(dec, state, "coef", key) - COEF_MAX
-                nonzero += c[:, r] != 0
-            coefs = np.zeros((h * w, P), dtype=np.int64)
-            coefs[sel] = c
+            coefs = self._decode_coefs(dec, state, offset, kinds, hist, odd)
+            c = coefs[sel]
             if fresh:
                 hist[:] = 0  # SKIP tokens of a fresh group: no coefficients
                 ref = first_refs(g, modes)
@@ -732,9 +797,10 @@ def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None =
             c += np.bincount(k * c.shape[1] + s, minlength=c.size).reshape(c.shape)
         coded = keys >= 0
         ci[:D] += np.bincount(keys[coded] * codes + g[coded], minlength=D * rows * codes).reshape(D, rows, codes)
-        kinds, hist, c = _coded_coefs(kinds, hist, coefs)
-        if len(c):
-            k = coef_keys(kinds, coef_contexts(c, hist)) * COEF_SYMBOLS + c + COEF_MAX
+        sel = kinds >= 0
+        if sel.any():
+            c = coefs[sel].astype(np.int64)
+            k = coef_keys(kinds[sel], coef_contexts(coefs, kinds, hist)) * COEF_SYMBOLS + c + COEF_MAX
             cc[sym.quality - 1] += np.bincount(k.reshape(-1), minlength=per_quality * COEF_SYMBOLS
                                                ).reshape(cc.shape[1:])
     return ci, cm, cv, cc, cs
@@ -759,12 +825,18 @@ def _shrunk(c: np.ndarray, marg: np.ndarray, prior: float) -> np.ndarray:
 def fit_tables(counts, prior: float = 16.0) -> tuple[torch.Tensor, ...]:
     """(index, mode, vector, coefficient, static-flag counts) -> int32 (tables, mode_tables,
     mv_tables, coef_tables, flag_tables): each index row shrunk toward its stage's marginal, each
-    coefficient row toward its position's (over contexts), the other rows toward uniform."""
+    coefficient row toward its token context's row (over the neighbour contexts), and that toward
+    its position's (over all contexts), the other rows toward uniform."""
     ci, cm, cv, cc, cs = counts
     norm = lambda m: m / m.sum(-1, keepdims=True)
     marg = norm(ci.sum(1, keepdims=True).astype(np.float64) + 1.0)
     cmarg = norm(cc.sum(3, keepdims=True).astype(np.float64) + 0.05)
+    # coefficient rows in two levels: a token's own contexts (summed over the neighbours') toward
+    # the position's marginal, then each neighbour context toward its own context's row
+    c6 = cc.reshape(*cc.shape[:3], COEF_OWN, NEAR_LEVELS, COEF_SYMBOLS)
+    own = _shrunk(c6.sum(4).astype(np.float64), cmarg, prior)[:, :, :, :, None, :]
+    coef = _shrunk(c6, own, prior).reshape(cc.shape)
     rows = lambda c: torch.from_numpy(quantise_rows((c + 0.5) / (c.sum(-1, keepdims=True) + 0.5 * c.shape[-1]))
                                       .astype(np.int32))
     as_table = lambda p: torch.from_numpy(quantise_rows(p).astype(np.int32))
-    return as_table(_shrunk(ci, marg, prior)), rows(cm), rows(cv), as_table(_shrunk(cc, cmarg, prior)), rows(cs)
+    return as_table(_shrunk(ci, marg, prior)), rows(cm), rows(cv), as_table(coef), rows(cs)

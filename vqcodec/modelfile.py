@@ -10,14 +10,17 @@ Layout of the dict saved with torch.save (loaded with weights_only=True):
   coef_tables: int32 tensor (qualities, coefficients, kinds, contexts, values) of scalar
           coefficient frequencies, and
   flag_tables: int32 tensor (contexts, 2) of static-group and block-skip flags (see entropy.py);
-          all five absent in a training checkpoint,
+          all five absent in a training checkpoint; every entry is 1..65535, so each table is
+          stored as int16 (entry - 32768; version 8 on, half the size) and loaded as int32,
   meta: free-form training facts (data, steps, hardware) for humans.
 The fingerprint is the first 16 bytes of SHA-256 over the config, every tensor (sorted by
 name, little-endian bytes) and the tables; a .vqv file records it and decode checks it.
 Version 2 added the mode and vector tables, version 3 the coefficient and static-flag tables
 (.vqv format 3), version 4 vector tables per component (quarter-pixel vectors, .vqv format 4), version 5 spatial index contexts and block skip flags
 (.vqv format 5), version 6 spatial prediction in fresh groups (their mode contexts; .vqv format 6),
-version 7 near modes in later groups (their mode contexts; .vqv format 7, whose contexts also adapt).
+version 7 near modes in later groups (their mode contexts; .vqv format 7, whose contexts also adapt),
+version 8 coefficient contexts with the neighbours' coefficients (6 times the rows; .vqv format 8,
+which also overlaps the blocks' motion-compensated edges) and tables stored as int16.
 Older files still load as training starting points (--init), or to refit their tables, not as
 codec models.
 """
@@ -36,7 +39,8 @@ from .errors import VqvError
 from .model import ModelConfig, VQVAE
 
 FORMAT = "vqcodec-model"
-VERSION = 7
+VERSION = 8
+TABLE_OFFSET = 32768  # stored int16 = entry - TABLE_OFFSET
 Tables = tuple  # (index, mode, vector, coefficient, static-flag tables), int32 tensors
 TABLE_NAMES = ("tables", "mode_tables", "mv_tables", "coef_tables", "flag_tables")
 DEFAULT_NAME = "default.pt"
@@ -85,7 +89,8 @@ def save_model(path: Path, net: VQVAE, tables: Tables | None, meta: dict | None 
     payload = {"format": FORMAT, "version": VERSION, "config": config, "state_dict": state,
                "meta": meta or {}, "fingerprint": fp.hex()}
     if tables is not None:
-        payload.update({name: t.cpu().to(torch.int32) for name, t in zip(TABLE_NAMES, tables)})
+        payload.update({name: (t.cpu().to(torch.int32) - TABLE_OFFSET).to(torch.int16)
+                        for name, t in zip(TABLE_NAMES, tables)})
     payload.update(extra or {})
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -110,7 +115,10 @@ def load_model(path: Path | None = None, device: str = "cpu", need_tables: bool 
     net = VQVAE(config)
     net.load_state_dict(raw["state_dict"])
     net.eval().to(device)
-    tables = tuple(raw[name] for name in TABLE_NAMES) if all(name in raw for name in TABLE_NAMES) else None
+    tables = None
+    if all(name in raw for name in TABLE_NAMES):  # int16 from version 8 on, int32 before
+        tables = tuple(t.to(torch.int32) + TABLE_OFFSET if t.dtype == torch.int16 else t.to(torch.int32)
+                       for t in (raw[name] for name in TABLE_NAMES))
     if need_tables and raw.get("version", 0) < VERSION:
         raise VqvError(f"{path}: a model file of an earlier vqcodec (version {raw.get('version')}); its entropy "
                        f"tables predate .vqv format {VERSION}: refit them (scripts/train_default.py --tables-only) or "
