@@ -620,24 +620,34 @@ class EntropyCoder:
         h, w = odd.shape
         P = self.positions
         coefs = np.zeros((h * w, P), dtype=np.int64)
-        before = np.zeros(h * w, dtype=np.int64)  # each token's non-zeros at earlier positions
         a = np.flatnonzero((kinds >= 0) & ~odd.reshape(-1))
         b = np.flatnonzero((kinds >= 0) & odd.reshape(-1))
         if not len(a) + len(b):
             return coefs
-        here = np.zeros(h * w, dtype=np.int64)
+        # each coding token's four neighbours as flat places, h * w (always zero) outside the grid
+        def around(tokens):
+            i, j = tokens // w, tokens % w
+            n = [np.where(ok, (i + di) * w + j + dj, h * w) for di, dj, ok in
+                 ((-1, 0, i > 0), (1, 0, i < h - 1), (0, -1, j > 0), (0, 1, j < w - 1))]
+            return np.stack(n, 1)
+        near_a, near_b = around(a), around(b)
+        ca, cb = np.zeros((P, len(a)), dtype=np.int64), np.zeros((P, len(b)), dtype=np.int64)
+        before = np.zeros(h * w + 1, dtype=np.int64)  # each token's non-zeros at earlier positions
+        here = np.zeros(h * w + 1, dtype=np.int64)    # pass A's non-zeros at this position
+        ka, kb, ha, hb = kinds[a], kinds[b], hist[a], hist[b]
         for r in range(P):  # a position's contexts need the earlier positions, pass B's pass A's here
             if len(a):
-                around = _neighbours4(before.reshape(h, w)).reshape(-1)[a]
-                near = near_context(np.zeros(len(a), dtype=bool), around, 0)
-                coefs[a, r] = self._decode_runs(dec, state, "coef", offset + coef_keys(
-                    kinds[a], coef_context(hist[a], before[a], near), r)) - COEF_MAX
-                here[a] = coefs[a, r] != 0
+                near = near_context(np.zeros(len(a), dtype=bool), before[near_a].sum(1), 0)
+                ca[r] = self._decode_runs(dec, state, "coef", offset + coef_keys(
+                    ka, coef_context(ha, before[a], near), r)) - COEF_MAX
+                here[a] = ca[r] != 0
             if len(b):
-                near = near_context(np.ones(len(b), dtype=bool), 0, _neighbours4(here.reshape(h, w)).reshape(-1)[b])
-                coefs[b, r] = self._decode_runs(dec, state, "coef", offset + coef_keys(
-                    kinds[b], coef_context(hist[b], before[b], near), r)) - COEF_MAX
-            before += coefs[:, r] != 0
+                near = near_context(np.ones(len(b), dtype=bool), 0, here[near_b].sum(1))
+                cb[r] = self._decode_runs(dec, state, "coef", offset + coef_keys(
+                    kb, coef_context(hb, before[b], near), r)) - COEF_MAX
+                before[b] += cb[r] != 0
+            before[a] += here[a]
+        coefs[a], coefs[b] = ca.T, cb.T
         return coefs
 
     def _check_quality(self, quality: int) -> int:

@@ -162,9 +162,11 @@ def overlapped(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, side: int, d
     flat = _padded(p, m, side)
     own = _rects(flat, m, p.shape[0], top, left, vy, vx, (side, side), denom)
     total, w = overlap_weights(side)
-    r, w = len(w), w.to(device=p.device, dtype=p.dtype)
+    r, w = len(w), w.to(device=p.device, dtype=p.dtype) / total  # w / total: a power of two, exact
     head, tail, every = slice(0, r), slice(side - r, side), slice(0, side)
-    out = own * total
+    # own + sum (w / total) (theirs - own), the same value as the formula above: every term is a
+    # multiple of 2**-8 (luma) or 2**-9 (chroma) below 256 in magnitude, exact in float32
+    out = own.clone()
     # the neighbour (block offset), the pixels it overlaps (rows, columns) and its weights on them
     for (oy, ox), rows, cols, ramp in (((0, -1), every, head, w[None, :]), ((0, 1), every, tail, w.flip(0)[None, :]),
                                        ((-1, 0), head, every, w[:, None]), ((1, 0), tail, every, w.flip(0)[:, None])):
@@ -175,7 +177,7 @@ def overlapped(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, side: int, d
             theirs = _rects(flat, m, p.shape[0], top[sel] + rows.start, left[sel] + cols.start, ny[sel], nx[sel],
                             size, denom)
             out[sel, rows, cols] += ramp * (theirs - own[sel, rows, cols])
-    return _unblock(out.div_(total), hb, wb, *p.shape)
+    return _unblock(out, hb, wb, *p.shape)
 
 
 def predict(planes: tuple[torch.Tensor, ...], symbols: torch.Tensor, patch: int) -> tuple[torch.Tensor, ...]:
