@@ -16,6 +16,11 @@ def _picture(h: int, w: int, seed: int = 0) -> torch.Tensor:
     return (big * 200 + fine * 55).clamp(0, 255).round()
 
 
+def _per_pixel(v: torch.Tensor, side: int, h: int, w: int) -> torch.Tensor:
+    """Per-block values (Hb, Wb) -> per-pixel (h, w), blocks of side x side pixels."""
+    return v.repeat_interleave(side, 0).repeat_interleave(side, 1)[:h, :w]
+
+
 def test_symbols_and_vectors_are_inverse_and_zero_is_still():
     dy, dx = torch.arange(-RANGE, RANGE + 1), torch.arange(RANGE, -RANGE - 1, -1)
     s = symbol(dy, dx)
@@ -64,7 +69,7 @@ def test_block_by_block_prediction_is_shift_bit_for_bit(h, w):
         hb, wb = -(-h // side), -(-w // side)
         for reach in (3, 4 * SUB * 40):
             dy, dx = (torch.randint(-reach, reach + 1, (hb, wb), generator=g) for _ in range(2))
-            want = shift(p, motion._per_pixel(dy, side, h, w), motion._per_pixel(dx, side, h, w), denom)
+            want = shift(p, _per_pixel(dy, side, h, w), _per_pixel(dx, side, h, w), denom)
             assert torch.equal(motion.shift_blocks(p, dy, dx, side, denom), want), (denom, reach)
 
 

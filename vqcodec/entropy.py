@@ -60,7 +60,7 @@ Contexts (all discrete, all from data the decoder already has):
     it was coded in this segment (0, 1-2, 3-7, 8 or more; 0 too when it was SKIP in a fresh
     group; 4 = never: in a fresh group), and n the number of non-zero coefficients at its
     earlier positions now (0, 1, 2-3, 4 or more); times NEAR_LEVELS, plus its neighbours' part
-    (near_context): coefficients are coded position by position, at each position the tokens of
+    (near_a, near_b): coefficients are coded position by position, at each position the tokens of
     pass A ((i + j) even) before those of pass B, so a pass-A token is keyed by its four
     neighbours' non-zeros at earlier positions, a pass-B token by how many of its neighbours (all
     pass A) are non-zero at this very position.
@@ -126,7 +126,7 @@ NNZ_BUCKET = np.array([0, 1, 2, 2, 3])  # non-zeros so far (capped at 4) -> cont
 HISTORY_EDGES = (1, 3, 8)                # a token's last non-zero count -> history 0..3
 NEVER = len(HISTORY_EDGES) + 1         # history of a token not coded yet in the segment: 4
 COEF_OWN = 4 * (NEVER + 1)             # contexts from the token itself: history x non-zeros so far
-NEAR_LEVELS = 6                        # and from its neighbours (near_context)
+NEAR_LEVELS = 6                        # and from its neighbours (near_a, near_b)
 AROUND_BUCKET = np.array([0, 1, 1, 2])  # the neighbours' non-zeros at earlier positions (capped at 3) -> 0..2
 COEF_CONTEXTS = COEF_OWN * NEAR_LEVELS
 # Adaptation inside a segment: a row's distribution for a group mixes the table's row, weighted as
@@ -173,18 +173,22 @@ def history(coefs: np.ndarray) -> np.ndarray:
 
 def coef_context(hist: np.ndarray, before: np.ndarray, near: np.ndarray | int = 0) -> np.ndarray:
     """A coefficient's context from its token's history, the non-zeros at its earlier positions
-    and its neighbours' (near_context)."""
+    and its neighbours' (near_a, near_b)."""
     return (4 * hist + NNZ_BUCKET[np.minimum(before, 4)]) * NEAR_LEVELS + near
 
 
-def near_context(odd: np.ndarray, around_before: np.ndarray, around_here: np.ndarray) -> np.ndarray:
-    """The neighbours' part of a coefficient's context.  Coefficients are coded position by
-    position, at each position the tokens of pass A ((i + j) even) before those of pass B, so a
-    token knows its four neighbours' coefficients at its earlier positions and, in pass B, its
-    neighbours' (all of pass A) at this one: pass A 0, 1 or 2 as those neighbours have no, 1-2 or
-    3 or more non-zeros at earlier positions (`around_before`); pass B 3 + how many of them are
-    non-zero here (`around_here`, 0, 1, 2 or more)."""
-    return np.where(odd, 3 + np.minimum(around_here, 2), AROUND_BUCKET[np.minimum(around_before, 3)])
+# The neighbours' part of a coefficient's context.  Coefficients are coded position by position,
+# at each position the tokens of pass A ((i + j) even) before those of pass B, so a token knows its
+# four neighbours' coefficients at its earlier positions and, in pass B, its neighbours' (all of
+# pass A) at this one.
+def near_a(around_before: np.ndarray) -> np.ndarray:
+    """Pass A: 0, 1 or 2 as its neighbours have no, 1-2 or 3 or more non-zeros at earlier positions."""
+    return AROUND_BUCKET[np.minimum(around_before, 3)]
+
+
+def near_b(around_here: np.ndarray) -> np.ndarray:
+    """Pass B: 3 + how many of its neighbours are non-zero at this position (0, 1, 2 or more)."""
+    return 3 + np.minimum(around_here, 2)
 
 
 def coef_contexts(coefs: np.ndarray, kinds: np.ndarray, hist: np.ndarray) -> np.ndarray:
@@ -196,7 +200,8 @@ def coef_contexts(coefs: np.ndarray, kinds: np.ndarray, hist: np.ndarray) -> np.
     odd = parity(h, w)
     nz = (coefs != 0) & sel[..., None]
     before = np.cumsum(nz, -1, dtype=np.int16) - nz
-    near = near_context(odd[sel][:, None], _neighbours4(before)[sel], _neighbours4(nz & ~odd[..., None])[sel])
+    near = np.where(odd[sel][:, None], near_b(_neighbours4(nz & ~odd[..., None])[sel]),
+                    near_a(_neighbours4(before)[sel]))
     return coef_context(hist[sel][:, None], before[sel], near)
 
 
@@ -551,9 +556,8 @@ class EntropyCoder:
                         "flag": self.flag_tables}
         self._models: dict[tuple[str, int], object] = {}
         bits = lambda t: -np.log2(t / float(1 << PRECISION))  # ideal code lengths
-        self.bits, self.mode_bits, self.mv_bits, self.coef_bits, self.flag_bits = (
-            bits(self.tables), bits(self.mode_tables), bits(self.mv_tables), bits(self.coef_tables),
-            bits(self.flag_tables))
+        self.bits, self.mode_bits, self.mv_bits, self.flag_bits = (
+            bits(self.tables), bits(self.mode_tables), bits(self.mv_tables), bits(self.flag_tables))
         # for the encoder's decisions, made before the neighbours' coefficients are known: each of
         # a token's own contexts as the mean of its neighbour contexts' distributions
         own = self.coef_tables.reshape(*self.coef_tables.shape[:3], COEF_OWN, NEAR_LEVELS, COEF_SYMBOLS)
@@ -630,21 +634,19 @@ class EntropyCoder:
             n = [np.where(ok, (i + di) * w + j + dj, h * w) for di, dj, ok in
                  ((-1, 0, i > 0), (1, 0, i < h - 1), (0, -1, j > 0), (0, 1, j < w - 1))]
             return np.stack(n, 1)
-        near_a, near_b = around(a), around(b)
+        around_a, around_b = around(a), around(b)
         ca, cb = np.zeros((P, len(a)), dtype=np.int64), np.zeros((P, len(b)), dtype=np.int64)
         before = np.zeros(h * w + 1, dtype=np.int64)  # each token's non-zeros at earlier positions
         here = np.zeros(h * w + 1, dtype=np.int64)    # pass A's non-zeros at this position
         ka, kb, ha, hb = kinds[a], kinds[b], hist[a], hist[b]
         for r in range(P):  # a position's contexts need the earlier positions, pass B's pass A's here
             if len(a):
-                near = near_context(np.zeros(len(a), dtype=bool), before[near_a].sum(1), 0)
                 ca[r] = self._decode_runs(dec, state, "coef", offset + coef_keys(
-                    ka, coef_context(ha, before[a], near), r)) - COEF_MAX
+                    ka, coef_context(ha, before[a], near_a(before[around_a].sum(1))), r)) - COEF_MAX
                 here[a] = ca[r] != 0
             if len(b):
-                near = near_context(np.ones(len(b), dtype=bool), 0, here[near_b].sum(1))
                 cb[r] = self._decode_runs(dec, state, "coef", offset + coef_keys(
-                    kb, coef_context(hb, before[b], near), r)) - COEF_MAX
+                    kb, coef_context(hb, before[b], near_b(here[around_b].sum(1))), r)) - COEF_MAX
                 before[b] += cb[r] != 0
             before[a] += here[a]
         coefs[a], coefs[b] = ca.T, cb.T

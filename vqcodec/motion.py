@@ -55,11 +55,6 @@ def grid_shape(h_tokens: int, w_tokens: int) -> tuple[int, int]:
     return -(-h_tokens // BLOCK), -(-w_tokens // BLOCK)
 
 
-def _per_pixel(v: torch.Tensor, side: int, h: int, w: int) -> torch.Tensor:
-    """Per-block values (Hb, Wb) -> per-pixel (h, w), blocks of side x side pixels."""
-    return v.repeat_interleave(side, 0).repeat_interleave(side, 1)[:h, :w]
-
-
 def _bilinear(a, b, c, d, fy, fx, n: int) -> torch.Tensor:
     """The value at (fy / n, fx / n) between pixels a (top left), b (top right), c (bottom left)
     and d (bottom right): ((n - fy)((n - fx) a + fx b) + fy((n - fx) c + fx d)) / n**2, integer
