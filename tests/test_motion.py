@@ -126,6 +126,33 @@ def test_overlapped_prediction_is_the_per_pixel_mix_of_the_neighbours_shifts(h, 
         assert torch.equal(same, motion.shift_blocks(p, dy * 0 + 5, dx * 0 - 3, side, denom))
 
 
+@pytest.mark.parametrize("h, w", [(72, 88), (64, 64)])
+def test_updating_a_prediction_recomputes_only_what_changed_and_equals_the_whole(h, w):
+    # the encoder drops some blocks' vectors and predicts again: only the blocks touched (those
+    # changed and their four neighbours) are computed, and the result is the whole prediction's
+    patch, g = 4, torch.Generator().manual_seed(h * w)
+    planes = tuple(torch.stack([_picture(h // s, w // s, seed=s + t) for t in range(2)]) / 255.0
+                   for s in (1, 2, 2))
+    hb, wb = motion.grid_shape(h // patch, w // patch)
+    first = torch.randint(0, motion.VECTORS, (hb, wb), generator=g)
+    kept = torch.where(torch.rand(hb, wb, generator=g) < 0.3, motion.ZERO, first)
+    kept[0, 0] = motion.ZERO if first[0, 0] != motion.ZERO else 0  # at least one change
+    old = predict(planes, first, patch)
+    new = predict(planes, kept, patch, update=(old, first))
+    for a, b in zip(new, predict(planes, kept, patch)):
+        assert torch.equal(a, b)
+    touched = motion._touched(kept, first).tolist()
+    changed = torch.nonzero((kept != first).reshape(-1)).reshape(-1).tolist()
+    assert set(changed) <= set(touched) and 0 in touched and 1 in touched and wb in touched
+    far = [i for i in range(hb * wb) if i not in touched]
+    assert far and not any(kept.reshape(-1)[i] != first.reshape(-1)[i] for i in far)
+    # a block not touched keeps the old prediction's pixels
+    i = far[0]
+    side = motion.BLOCK * patch
+    y0, x0 = i // wb * side, i % wb * side
+    assert torch.equal(new[0][:, y0:y0 + side, x0:x0 + side], old[0][:, y0:y0 + side, x0:x0 + side])
+
+
 def test_the_search_finds_a_sub_pixel_pan_and_keeps_a_still_picture_still():
     patch = 4
     big = _picture(160, 192, 3)

@@ -303,7 +303,8 @@ class SegmentCoder:
         moving = (moved_err < MC_GAIN * still_err) & (motion.block_sums((~still).float(), shape) > 0)
         kept = torch.where(moving, mv, motion.ZERO)
         if not torch.equal(kept, mv):  # the edges overlap and the network sees across blocks: predict again
-            mv, z_base = kept, self.base(z_prev, recon, kept, shape)
+            pred = motion.predict(recon, kept, self.cfg.patch, update=(pred, mv))
+            mv, z_base = kept, self.base(z_prev, recon, kept, shape, pred)
         return mv, z_base
 
     @torch.no_grad()

@@ -142,20 +142,23 @@ def overlap_weights(side: int) -> tuple[int, torch.Tensor]:
     return 4 * r, torch.arange(2 * r - 1, 0, -2)
 
 
-def overlapped(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, side: int, denom: int) -> torch.Tensor:
+def overlapped(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, side: int, denom: int,
+               only: torch.Tensor | None = None) -> torch.Tensor:
     """Overlapped block motion compensation of plane p (H, W), displacements (dy, dx) (Hb, Wb) per
     block of side x side pixels: a pixel within side // 4 of its block's edge mixes the block's own
     prediction (`shift_blocks`) with the prediction its neighbour across that edge would give it,
     ((total - sum w) * own + sum w * neighbour's) / total (overlap_weights; a block at the
     picture's edge has no neighbour there, a neighbour with the same displacement changes nothing).
     Exact: every value is a multiple of 1 / denom**2 and every product and sum stays below 2**24,
-    so every device computes the same values."""
+    so every device computes the same values.  `only` (raster block indices): those blocks alone,
+    (len(only), side, side), uncropped (`_place` puts them into a plane)."""
     hb, wb = dy.shape
     top, left = _corners(hb, wb, side, p.device)
     vy, vx = dy.reshape(-1), dx.reshape(-1)
+    at = torch.arange(hb * wb, device=p.device) if only is None else only
     m = _reach(dy, dx, denom)  # a neighbour's displacement is one of these too
     flat = _padded(p, m, side)
-    own = _rects(flat, m, p.shape[0], top, left, vy, vx, (side, side), denom)
+    own = _rects(flat, m, p.shape[0], top[at], left[at], vy[at], vx[at], (side, side), denom)
     total, w = overlap_weights(side)
     r, w = len(w), w.to(device=p.device, dtype=p.dtype) / total  # w / total: a power of two, exact
     head, tail, every = slice(0, r), slice(side - r, side), slice(0, side)
@@ -165,29 +168,54 @@ def overlapped(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, side: int, d
     # the neighbour (block offset), the pixels it overlaps (rows, columns) and its weights on them
     for (oy, ox), rows, cols, ramp in (((0, -1), every, head, w[None, :]), ((0, 1), every, tail, w.flip(0)[None, :]),
                                        ((-1, 0), head, every, w[:, None]), ((1, 0), tail, every, w.flip(0)[:, None])):
-        ny, nx = _from_neighbour(dy, oy, ox).reshape(-1), _from_neighbour(dx, oy, ox).reshape(-1)
-        sel = torch.nonzero((ny != vy) | (nx != vx)).reshape(-1)
+        ny, nx = _from_neighbour(dy, oy, ox).reshape(-1)[at], _from_neighbour(dx, oy, ox).reshape(-1)[at]
+        sel = torch.nonzero((ny != vy[at]) | (nx != vx[at])).reshape(-1)
         if len(sel):
             size = (rows.stop - rows.start, cols.stop - cols.start)
-            theirs = _rects(flat, m, p.shape[0], top[sel] + rows.start, left[sel] + cols.start, ny[sel], nx[sel],
-                            size, denom)
+            theirs = _rects(flat, m, p.shape[0], top[at[sel]] + rows.start, left[at[sel]] + cols.start, ny[sel],
+                            nx[sel], size, denom)
             out[sel, rows, cols] += ramp * (theirs - own[sel, rows, cols])
-    return _unblock(out, hb, wb, *p.shape)
+    return _unblock(out, hb, wb, *p.shape) if only is None else out
 
 
-def predict(planes: tuple[torch.Tensor, ...], symbols: torch.Tensor, patch: int) -> tuple[torch.Tensor, ...]:
+def _place(plane: torch.Tensor, blocks: torch.Tensor, at: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A copy of plane (H, W) with the blocks (N, side, side) at raster indices `at` of the block
+    grid (Hb, Wb) put in (cropped at the picture's edges)."""
+    (H, W), (hb, wb), side = plane.shape, grid, blocks.shape[-1]
+    whole = F.pad(plane, (0, wb * side - W, 0, hb * side - H))
+    whole.view(hb, side, wb, side).permute(0, 2, 1, 3)[at // wb, at % wb] = blocks
+    return whole[:H, :W]
+
+
+def _touched(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Raster indices of the blocks whose own vector or a 4-neighbour's differs between the
+    vector fields `new` and `old` (Hb, Wb): those whose overlapped prediction changes."""
+    d = F.pad((new != old).float()[None, None], (1, 1, 1, 1))[0, 0]
+    near = d[1:-1, 1:-1] + d[:-2, 1:-1] + d[2:, 1:-1] + d[1:-1, :-2] + d[1:-1, 2:]
+    return torch.nonzero(near.reshape(-1) > 0).reshape(-1)
+
+
+def predict(planes: tuple[torch.Tensor, ...], symbols: torch.Tensor, patch: int,
+            update: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
     """The previous group's decoded planes (T, H, W), (T, H/2, W/2) x 2 (8-bit values in [0, 1])
     and the vectors (Hb, Wb) -> the predicted planes of the same shapes: frame t is the last
     frame displaced by (t + 1) * v, each block's edges overlapped with its neighbours'
-    predictions (`overlapped`)."""
+    predictions (`overlapped`).  update = (prediction, its vectors): the prediction from the same
+    planes with other vectors; only the blocks the change touches are computed again (the
+    same values as computing it all)."""
     dy, dx = vector(symbols)
+    only = None if update is None else _touched(symbols, update[1])
     out = []
     for c, p in enumerate(planes):
         s = 1 if c == 0 else 2
         last = p[-1].mul(255.0).round_()
         side = BLOCK * patch // s
-        out.append(torch.stack([overlapped(last, (t + 1) * dy, (t + 1) * dx, side, SUB * s)
-                                for t in range(p.shape[0])]).div_(255.0))
+        frames = [overlapped(last, (t + 1) * dy, (t + 1) * dx, side, SUB * s, only) for t in range(p.shape[0])]
+        if only is None:
+            out.append(torch.stack(frames).div_(255.0))
+        else:  # the division is elementwise: the blocks' values are those of the whole computation
+            out.append(torch.stack([_place(update[0][c][t], f.div_(255.0), only, dy.shape)
+                                    for t, f in enumerate(frames)]))
     return tuple(out)
 
 
