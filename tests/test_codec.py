@@ -332,3 +332,23 @@ def test_later_intra_tokens_predict_from_their_neighbours_and_decode_exactly(car
                                         sym.vectors.shape[1:], 3)
     theirs = list(coder.reconstruct(decoded, step_for_quality(3)))
     assert all(torch.equal(z, b[0]) for z, b in zip(latents, theirs))
+
+
+def test_the_searchs_vector_rate_is_the_coders_own_code_length(model):
+    # pass A is charged against the previous vector, pass B against its neighbours' median in the
+    # field the search holds: a uniform moving field costs pass B only "no difference"
+    from vqcodec import motion
+    from vqcodec.codec import SegmentCoder
+    from vqcodec.entropy import MV_B, MV_MAX, MV_Y_CONTEXTS, mv_pass_b
+    coder = SegmentCoder(model, "cpu")
+    shape = (3, 4)
+    prev = torch.full(shape, motion.ZERO)
+    rate = coder._mv_rate(prev, shape)
+    bits = torch.from_numpy(coder.coder.mv_bits).float()
+    dy, dx = torch.full(shape, 12), torch.full(shape, -20)
+    a = bits[0, 12 + MV_MAX] + bits[MV_Y_CONTEXTS + 1, -20 + MV_MAX]  # from still: both differ
+    b = bits[MV_B, MV_MAX] + bits[MV_Y_CONTEXTS + 2 * MV_B, MV_MAX]  # one distinct moving neighbour, no difference
+    got = rate(dy, dx, dy, dx)
+    pass_b = torch.from_numpy(mv_pass_b(shape))
+    assert torch.allclose(got[~pass_b], a.expand(6)) and torch.allclose(got[pass_b], b.expand(6))
+    assert torch.allclose(rate(dy, dx, None, None), a.expand(shape))  # no field: every block as pass A

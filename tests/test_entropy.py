@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-from vqcodec.entropy import (FLAG_BLOCK, COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES, MV_SYMBOLS,
+from vqcodec.entropy import (MV_B, FLAG_BLOCK, COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES, MV_SYMBOLS,
                              MV_CONTEXTS, PRECISION, SKIP, FLAG_CONTEXTS, EntropyCoder, Symbols, coef_contexts, count_symbols,
                              block_contexts, first_index_keys, first_neighbours, first_passes, first_refs,
                              fresh_mode_contexts, fresh_modes, MODE_SPATIAL, MODE_NEAR, NEAR_INTER, NEAR_SKIP,
                              coef_kinds, main_modes, near_contexts, near_places, fit_tables, skipped_blocks, history, mode_contexts_a, mode_contexts_b, new_counts,
-                             parity, quantise_rows)
-from vqcodec.motion import VECTORS, ZERO, grid_shape
+                             parity, quantise_rows, mv_neighbours, mv_pass_b, mv_symbols)
+from vqcodec.motion import RANGE, SIDE, VECTORS, ZERO, grid_shape
 
 K = 64
 P = 12          # coefficients per token in these tests
@@ -226,6 +226,53 @@ def test_first_group_indices_cost_less_where_neighbours_agree():
     assert smooth_coder.estimate_bits(sym) < 0.5 * smooth_coder.estimate_bits(shuffled)
     check_round_trip(smooth_coder, sym)
     check_round_trip(smooth_coder, shuffled)
+
+
+def _vec(dy, dx):
+    return (dy + RANGE) * SIDE + dx + RANGE
+
+
+def test_pass_b_vectors_are_predicted_by_the_median_of_their_pass_a_neighbours_and_the_previous_one():
+    mv = np.full((3, 3), ZERO)
+    mv[0, 0], mv[0, 2], mv[2, 0], mv[2, 2], mv[1, 1] = _vec(4, -8), _vec(6, 2), _vec(4, -8), _vec(-1, 0), _vec(5, 1)
+    assert mv_pass_b((3, 3)).tolist() == [[False, True, False], [True, False, True], [False, True, False]]
+    py, px = np.full((3, 3), 100), np.full((3, 3), -3)
+    ny, nx, k = mv_neighbours(mv, py, px)
+    # (0, 1): left (4, -8), right (6, 2), below (5, 1) and the previous (100, -3): four values,
+    # the middle two's mean rounded down: (5 + 6) // 2, (-3 + 1) // 2
+    assert (ny[0, 1], nx[0, 1]) == (5, -1)
+    # (1, 0): above (4, -8), below (4, -8), right (5, 1), previous: 4 (of 4, 4, 5, 100) and -8 // 1 ...
+    assert (ny[1, 0], nx[1, 0]) == (4, (-8 + -3) // 2)
+    # (2, 1): left (4, -8), right (-1, 0), above (5, 1), previous (100, -3): y (4 + 5) // 2, x (-3 + 0) // 2
+    assert (ny[2, 1], nx[2, 1]) == (4, -2)
+    # contexts: distinct neighbour vectors (1 / 2 / 3+) and how many stand still (none / some / all)
+    assert k[0, 1] == MV_B + 3 * 2 + 0 and k[1, 0] == MV_B + 3 * 1 + 0
+    mv[1, 1] = mv[0, 0] = mv[2, 2] = ZERO
+    _, _, k = mv_neighbours(mv, py, px)
+    assert k[1, 2] == MV_B + 3 * 1 + 1      # (0, 2) moves, (1, 1) and (2, 2) stand still
+    mv[0, 2] = ZERO
+    ny, nx, k = mv_neighbours(mv, py, px)
+    assert k[1, 2] == MV_B + 0 + 2 and (ny[1, 2], nx[1, 2]) == (0, 0)  # all still: the median is still too
+    # pass B's vectors are not read: changing them changes nothing
+    other = mv.copy()
+    other[mv_pass_b((3, 3))] = _vec(9, 9)
+    b = mv_pass_b((3, 3))
+    assert all(np.array_equal(x[b], y[b]) for x, y in zip(mv_neighbours(other, py, px), (ny, nx, k)))
+
+
+def test_a_smooth_vector_field_costs_less_than_one_that_only_repeats_the_previous_field(coder):
+    # four runs: pass A's components, then pass B's, each with its own contexts
+    rng = np.random.default_rng(3)
+    field = np.full((6, 8), _vec(12, -20))
+    runs = mv_symbols(field, None)
+    assert len(runs) == 4 and sum(len(r[1]) for r in runs) == 2 * field.size
+    assert (runs[2][2] == runs[2][2][0]).all() and runs[2][2][0] == 2 * RANGE  # pass B: no difference left
+    # and any field, the extremes included, decodes back
+    groups, h, w = 4, 12, 16
+    sym = moving(5, groups=groups, h=h, w=w)
+    sym.vectors[1:] = rng.integers(0, VECTORS, sym.vectors[1:].shape)
+    sym.vectors[2, 0, 0], sym.vectors[2, 0, 1] = _vec(RANGE, -RANGE), _vec(-RANGE, RANGE)
+    check_round_trip(coder, sym)
 
 
 def test_a_block_skips_when_all_its_tokens_do_and_its_flag_knows_its_neighbourhood():

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from vqcodec import motion
+from vqcodec.entropy import MV_Y_CONTEXTS
 from vqcodec.motion import BLOCK, RANGE, SUB, ZERO, predict, search, shift, symbol, vector
 
 
@@ -196,7 +197,7 @@ def test_blocks_take_their_neighbours_vectors_where_those_cost_less(monkeypatch)
     z = torch.zeros(h, w, dtype=torch.long)
     frames = [shift(big, z + 5 * k, z + 11 * k, SUB) / 255.0 for k in range(4)]
     ref, src = torch.stack(frames[:2]).mul(255).round().div(255), torch.stack(frames[2:])
-    rate, lam = (lambda dy, dx: (dy.abs() + dx.abs()).float() * 0.05 + 1), 2.0
+    rate, lam = (lambda dy, dx, fy=None, fx=None: (dy.abs() + dx.abs()).float() * 0.05 + 1), 2.0
 
     def objective(mv):  # per block, each block's own prediction (`shift`), as the search weighs it
         dy, dx = vector(mv)
@@ -222,7 +223,7 @@ def test_vectors_out_of_the_decoders_range_are_refused():
     shape = (1, 1)
     # a difference of +RANGE + 1 from a still prediction
     enc.encode(np.array([2 * RANGE + RANGE + 1], dtype=np.int32), coder._model("mv", 2))
-    enc.encode(np.array([2 * RANGE], dtype=np.int32), coder._model("mv", 3 + 2 * 2 + 1))
+    enc.encode(np.array([2 * RANGE], dtype=np.int32), coder._model("mv", MV_Y_CONTEXTS + 2 * 2 + 1))
     dec = constriction.stream.queue.RangeDecoder(enc.get_compressed())
     try:
         coder._decode_vectors(dec, _Adaptive(coder), None, shape)

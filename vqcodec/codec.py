@@ -25,7 +25,7 @@ from . import bitstream as bs
 from . import motion
 from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEAR_INTER,
                       NEAR_SKIP, NEVER, NNZ_BUCKET, SKIP, EntropyCoder, Symbols, first_index_keys, first_neighbours,
-                      first_passes, first_refs, fresh_mode_contexts, index_rows, near_contexts)
+                      first_passes, first_refs, fresh_mode_contexts, index_rows, mv_neighbours, mv_pass_b, near_contexts)
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis
@@ -269,7 +269,9 @@ class SegmentCoder:
 
     def _mv_rate(self, prev_mv: torch.Tensor | None, shape: tuple[int, int]) -> motion.Rate | None:
         """entropy.mv_symbols' code length on the device: (dy, dx) per block -> bits, given the
-        previous group's vectors (None: the segment's second group)."""
+        previous group's vectors (None: the segment's second group) and the field the search holds
+        (a pass-B block is predicted from its pass-A neighbours' there; without a field, as a pass-A
+        block is)."""
         if self._mv_bits is None:
             return None
         if prev_mv is None:
@@ -277,11 +279,23 @@ class SegmentCoder:
             ky = torch.full(shape, 2, dtype=torch.long, device=self.device)
         else:
             (py, px), ky = motion.vector(prev_mv), (prev_mv != motion.ZERO).long()
+        temporal = py.cpu().numpy(), px.cpu().numpy()
+        pass_b = torch.from_numpy(mv_pass_b(shape)).to(self.device)
 
-        def rate(dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
-            ey, ex = (dy - py).clamp(-MV_MAX, MV_MAX), (dx - px).clamp(-MV_MAX, MV_MAX)
-            return (self._mv_bits[ky, ey + MV_MAX]
-                    + self._mv_bits[MV_Y_CONTEXTS + 2 * ky + (ey != 0).long(), ex + MV_MAX])
+        def bits(dy, dx, qy, qx, k):
+            ey, ex = (dy - qy).clamp(-MV_MAX, MV_MAX), (dx - qx).clamp(-MV_MAX, MV_MAX)
+            return self._mv_bits[k, ey + MV_MAX] + self._mv_bits[MV_Y_CONTEXTS + 2 * k + (ey != 0).long(), ex + MV_MAX]
+
+        seen: list = [None, None, None]  # the last field (its two tensors) and pass B's prediction in it
+
+        def rate(dy, dx, fy=None, fx=None):
+            a = bits(dy, dx, py, px, ky)
+            if fy is None:
+                return a
+            if seen[0] is not fy or seen[1] is not fx:  # a new round of the search: the field moved
+                field = motion.symbol(fy, fx).cpu().numpy()
+                seen[:] = fy, fx, [torch.from_numpy(t).to(self.device) for t in mv_neighbours(field, *temporal)]
+            return torch.where(pass_b, bits(dy, dx, *seen[2]), a)
         return rate
 
     def _predict(self, z: torch.Tensor, z_prev: torch.Tensor, planes: tuple[torch.Tensor, ...],

@@ -29,11 +29,15 @@ Contexts (all discrete, all from data the decoder already has):
   - the static flag: 0 when the previous group was static, 1 when it was not, 2 when it is the
     segment's first or a refresh ("the segment's first" below includes a refresh); the refresh
     flag: FLAG_REFRESH;
-  - vectors: each is coded as its two components' differences from its prediction (the same
-    block's vector in the previous group; still in the segment's second group), vertical
-    components first: context 0 when the same block of the previous group stood still, 1 when it
-    moved, 2 when the previous group is the segment's first (it has no vectors); then the
-    horizontal components, context 3 + 2 * (that context) + (vertical difference non-zero);
+  - vectors, in two checkerboard passes over the blocks (A: (i + j) even, then B): each is coded
+    as its two components' differences from its prediction, vertical components first.  Pass A
+    is predicted by the same block's vector in the previous group (still in the segment's second
+    group), context 0 when that block stood still, 1 when it moved, 2 when the previous group is
+    the segment's first (it has no vectors); pass B by the median of its pass-A neighbours' and
+    that temporal prediction (mv_neighbours), context MV_B + 3 * (distinct neighbour vectors,
+    1 / 2 / 3+, less one) + (none / some / all of the neighbours still); then each pass's
+    horizontal components, context MV_Y_CONTEXTS + 2 * (the vertical context) + (vertical
+    difference non-zero);
   - block skip flags: FLAG_BLOCK + 11 * (the block's vector moves) + the number of blocks that
     did not skip in the 3x3 neighbourhood of the previous group's (0..9; 10 when the previous
     group is the segment's first);
@@ -82,8 +86,9 @@ float64, and constriction quantises it deterministically.
 Coding order inside a fresh group: its pass-2 modes, its pass-3 modes grouped by context, its
 indices pass by pass (grouped by key = stage * (2K + 1) + context, ascending), then its
 coefficients as below.  Inside a later group: its static flag, then (when 0) its refresh flag
-(when 1, the rest is a fresh group's), then (when 0) the vertical vector components grouped by
-context (ascending), then the horizontal ones likewise, the block skip flags likewise, pass-A
+(when 1, the rest is a fresh group's), then (when 0) pass A's vertical vector components grouped
+by context (ascending), its horizontal ones likewise, pass B's vertical and horizontal ones
+likewise, the block skip flags likewise, pass-A
 modes likewise, pass-B modes likewise, near modes likewise, the indices grouped by key = stage * (2K + 1) + context
 (ascending), then the coefficients position by position (each position's pass-A tokens' grouped
 by kind, then context, then its pass-B tokens' likewise), raster order inside every group of symbols.  Each group of symbols sharing a table is
@@ -112,7 +117,8 @@ MODE_CONTEXTS = MODE_NEAR + 6
 # fresh group: NEAR_SKIP keeps their mean, NEAR_INTER codes its change from it (Symbols.modes values;
 # coded as INTRA, then a near mode 0 intra / 1 near skip / 2 near inter)
 NEAR_SKIP, NEAR_INTER = 3, 4
-MV_Y_CONTEXTS = 3      # vertical vector components: the co-located previous vector still / moved / none
+MV_B = 3               # vertical components of pass A: the co-located previous vector still / moved / none;
+MV_Y_CONTEXTS = MV_B + 9  # of pass B: its neighbours' distinct vectors (1 / 2 / 3+) x how many stand still (none / some / all)
 MV_CONTEXTS = 3 * MV_Y_CONTEXTS  # then the horizontal ones, 2 per vertical context
 MV_MAX = 2 * RANGE     # a component differs from its prediction by at most this much
 MV_SYMBOLS = 2 * MV_MAX + 1
@@ -396,13 +402,58 @@ def mv_x_contexts(ctx_y: np.ndarray, dy: np.ndarray) -> np.ndarray:
     return MV_Y_CONTEXTS + 2 * ctx_y + (dy != 0)
 
 
+def mv_pass_b(shape: tuple[int, int]) -> np.ndarray:
+    """(Hb, Wb) True for the blocks of pass B ((i + j) odd), whose vectors are coded after those
+    of pass A and predicted from them."""
+    i, j = np.indices(shape)
+    return (i + j) % 2 == 1
+
+
+def mv_neighbours(mv: np.ndarray, py: np.ndarray, px: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pass B's prediction from the vectors `mv` (Hb, Wb) of pass A (only those are read) and the
+    temporal prediction (py, px): per block, each component's median of its (up to four) pass-A
+    neighbours' and its temporal prediction's (the lower middle value's and the upper's mean,
+    rounded down, when they are an even number), and its vertical-component context MV_B +
+    3 x (distinct neighbour vectors, 1 / 2 / 3+, less one) + (none / some / all of them still).
+    Only the pass-B blocks' values mean anything."""
+    Hb, Wb = mv.shape
+    big = np.iinfo(np.int64).max // 4
+    pad = np.pad(mv.astype(np.int64), 1, constant_values=-1)
+    near = np.stack([pad[1:-1, :-2], pad[1:-1, 2:], pad[:-2, 1:-1], pad[2:, 1:-1]])  # left, right, above, below
+    valid = near >= 0
+    n = valid.sum(0) + 1
+    pred = []
+    for comp, temporal in ((near // SIDE - RANGE, py), (near % SIDE - RANGE, px)):
+        v = np.sort(np.concatenate([np.where(valid, comp, big), temporal[None]]), axis=0)
+        lo = np.take_along_axis(v, ((n - 1) // 2)[None], 0)[0]
+        hi = np.take_along_axis(v, (n // 2)[None], 0)[0]
+        pred.append((lo + hi) // 2)
+    distinct = valid[0].astype(np.int64)
+    for k in range(1, 4):
+        seen = np.zeros((Hb, Wb), dtype=bool)
+        for j in range(k):
+            seen |= valid[j] & (near[j] == near[k])
+        distinct += valid[k] & ~seen
+    still = (valid & (near == ZERO)).sum(0)
+    zeros = np.where(still == 0, 0, np.where(still == n - 1, 2, 1))
+    return pred[0], pred[1], MV_B + 3 * (np.clip(distinct, 1, 3) - 1) + zeros
+
+
 def mv_symbols(mv: np.ndarray, prev_mv: np.ndarray | None) -> list[tuple]:
-    """A group's vectors (Hb, Wb) -> the two ("mv", contexts, symbols) runs that code them: each
-    component's difference from its prediction, vertical components first."""
+    """A group's vectors (Hb, Wb) -> the four ("mv", contexts, symbols) runs that code them: each
+    component's difference from its prediction, pass A's vertical then horizontal components
+    (predicted by the same block's previous vector), then pass B's (predicted by the median of
+    their pass-A neighbours' and that, `mv_neighbours`)."""
     py, px = mv_prediction(prev_mv, mv.shape)
-    dy, dx = (mv // SIDE - RANGE - py).reshape(-1), (mv % SIDE - RANGE - px).reshape(-1)
-    ky = mv_contexts(prev_mv, mv.shape).reshape(-1)
-    return [("mv", ky, dy + MV_MAX), ("mv", mv_x_contexts(ky, dy), dx + MV_MAX)]
+    ny, nx, kb = mv_neighbours(mv, py, px)
+    b = mv_pass_b(mv.shape)
+    a = ~b
+    vy, vx = mv // SIDE - RANGE, mv % SIDE - RANGE
+    ka = mv_contexts(prev_mv, mv.shape)[a]
+    out = []
+    for k, dy, dx in ((ka, (vy - py)[a], (vx - px)[a]), (kb[b], (vy - ny)[b], (vx - nx)[b])):
+        out += [("mv", k, dy + MV_MAX), ("mv", mv_x_contexts(k, dy), dx + MV_MAX)]
+    return out
 
 
 def _walk(sym: Symbols, codes: int):
@@ -609,13 +660,18 @@ class EntropyCoder:
     def _decode_vectors(self, dec, state: _Adaptive, prev_mv: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
         """mv_symbols' inverse: a group's vectors (Hb, Wb); a vector outside the range is an error."""
         py, px = mv_prediction(prev_mv, shape)
-        ky = mv_contexts(prev_mv, shape).reshape(-1)
-        dy = self._decode_runs(dec, state, "mv", ky) - MV_MAX
-        dx = self._decode_runs(dec, state, "mv", mv_x_contexts(ky, dy)) - MV_MAX
-        vy, vx = py.reshape(-1) + dy, px.reshape(-1) + dx
-        if np.abs(vy).max(initial=0) > RANGE or np.abs(vx).max(initial=0) > RANGE:
-            raise ValueError("a motion vector is out of range")
-        return ((vy + RANGE) * SIDE + vx + RANGE).reshape(shape)
+        b = mv_pass_b(shape)
+        mv = np.full(shape, ZERO, dtype=np.int64)
+        for sel, k, qy, qx in ((~b, mv_contexts(prev_mv, shape), py, px), (b, None, None, None)):
+            if k is None:  # pass B, from pass A's vectors
+                qy, qx, k = mv_neighbours(mv, py, px)
+            dy = self._decode_runs(dec, state, "mv", k[sel]) - MV_MAX
+            dx = self._decode_runs(dec, state, "mv", mv_x_contexts(k[sel], dy)) - MV_MAX
+            vy, vx = qy[sel] + dy, qx[sel] + dx
+            if np.abs(vy).max(initial=0) > RANGE or np.abs(vx).max(initial=0) > RANGE:
+                raise ValueError("a motion vector is out of range")
+            mv[sel] = (vy + RANGE) * SIDE + vx + RANGE
+        return mv
 
     def _decode_coefs(self, dec, state: _Adaptive, offset: int, kinds: np.ndarray, hist: np.ndarray,
                       odd: np.ndarray) -> np.ndarray:

@@ -20,7 +20,8 @@ Version 2 added the mode and vector tables, version 3 the coefficient and static
 (.vqv format 5), version 6 spatial prediction in fresh groups (their mode contexts; .vqv format 6),
 version 7 near modes in later groups (their mode contexts; .vqv format 7, whose contexts also adapt),
 version 8 coefficient contexts with the neighbours' coefficients (6 times the rows; .vqv format 8,
-which also overlaps the blocks' motion-compensated edges) and tables stored as int16.
+which also overlaps the blocks' motion-compensated edges) and tables stored as int16, version 9
+vector contexts of two checkerboard passes (4 times the rows; .vqv format 9).
 Older files still load as training starting points (--init), or to refit their tables, not as
 codec models.
 """
@@ -39,7 +40,7 @@ from .errors import VqvError
 from .model import ModelConfig, VQVAE
 
 FORMAT = "vqcodec-model"
-VERSION = 8
+VERSION = 9
 TABLE_OFFSET = 32768  # stored int16 = entry - TABLE_OFFSET
 Tables = tuple  # (index, mode, vector, coefficient, static-flag tables), int32 tensors
 TABLE_NAMES = ("tables", "mode_tables", "mv_tables", "coef_tables", "flag_tables")

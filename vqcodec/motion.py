@@ -38,7 +38,9 @@ ZERO = RANGE * SIDE + RANGE
 STILL_BIAS = 0.97         # a moving vector must beat the still one by 3 % of its difference
 NEIGHBOUR_ROUNDS = 2      # rounds of trying the neighbours' vectors after the refinement
 
-Rate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (dy, dx) per block -> bits per block
+# (dy, dx) per block, and the field (vy, vx) the search holds now (None in its coarse stage) -> bits
+# per block: a vector's code length may depend on the other blocks' (those it is predicted from)
+Rate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
 
 
 def vector(symbol: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,8 +249,8 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     A vector's cost is the sum over the group's frames t of the absolute differences between
     frame t and the previous group's last frame displaced by (t + 1) * v (the block's own
     prediction, its edges not overlapped), plus `lam` times its bits under `rate` (the caller's
-    model of the vector's code length: where pictures match about as well anywhere, the cheapest
-    vector wins).  `guess` (Hb, Wb): vector
+    model of the vector's code length, given the field as the search held it when the candidate's
+    round began: where pictures match about as well anywhere, the cheapest vector wins).  `guess` (Hb, Wb): vector
     symbols tried as a second start for the refinement (the caller's prediction)."""
     if not lam:
         rate = None
@@ -273,7 +275,7 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     o = torch.arange(-k, k + 1, device=src.device) * 4 * SUB
     if rate is not None:  # one frame at 1/16 of the pixels: 1/(16 T) of the full-resolution cost
         oy, ox = o.repeat_interleave(n)[:, None, None], o.repeat(n)[:, None, None]
-        costs += lam / (16 * T) * rate(oy.expand(-1, hb, wb), ox.expand(-1, hb, wb))
+        costs += lam / (16 * T) * rate(oy.expand(-1, hb, wb), ox.expand(-1, hb, wb), None, None)
     best = costs.argmin(0)
     vy, vx = o[best // n], o[best % n]  # quarter pixels
     # 2. refine at full resolution: whole pixels +-2 by 2 then +-1, then half and quarter pixels
@@ -310,7 +312,10 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
             total = total + got.sub_(sb[t]).abs_().sum((2, 3))
         return total
 
-    bits = (lambda ty, tx: lam * rate(ty, tx)) if rate is not None else (lambda ty, tx: 0)
+    # each candidate's bits given the field as it stood when its round of candidates began (the
+    # same field objects for the whole round, so the caller may work out what depends on it once)
+    field = [vy, vx]
+    bits = (lambda ty, tx: lam * rate(ty, tx, *field)) if rate is not None else (lambda ty, tx: 0)
     zero = torch.zeros_like(vy)
     c0, r0 = cost(zero, zero), bits(zero, zero)
     still = c0 * STILL_BIAS + r0
@@ -330,7 +335,7 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
 
     def refine(steps):  # each block tries its 8 neighbours at each step around its best so far
         for step in steps:
-            cy, cx = vy, vx
+            cy, cx = field[:] = vy, vx
             for oy in (-1, 0, 1):
                 for ox in (-1, 0, 1):
                     if oy == 0 and ox == 0:
@@ -344,7 +349,7 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     # flat or repeating content takes its neighbours' motion where that predicts as well, a
     # smoother field the network's encoder (which sees across blocks) predicts better from
     for _ in range(NEIGHBOUR_ROUNDS):
-        fy, fx = vy, vx
+        fy, fx = field[:] = vy, vx
         for dy, dx in ((0, -1), (0, 1), (-1, 0), (1, 0)):  # left, right, above, below
             ty, tx = _from_neighbour(fy, dy, dx), _from_neighbour(fx, dy, dx)
             keep(cost(ty, tx) + bits(ty, tx), ty, tx)
