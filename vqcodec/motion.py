@@ -184,7 +184,8 @@ def _place(plane: torch.Tensor, blocks: torch.Tensor, at: torch.Tensor, grid: tu
     """A copy of plane (H, W) with the blocks (N, side, side) at raster indices `at` of the block
     grid (Hb, Wb) put in (cropped at the picture's edges)."""
     (H, W), (hb, wb), side = plane.shape, grid, blocks.shape[-1]
-    whole = F.pad(plane, (0, wb * side - W, 0, hb * side - H))
+    whole = plane.new_zeros(hb * side, wb * side)
+    whole[:H, :W] = plane
     whole.view(hb, side, wb, side).permute(0, 2, 1, 3)[at // wb, at % wb] = blocks
     return whole[:H, :W]
 
