@@ -662,15 +662,18 @@ class EntropyCoder:
         py, px = mv_prediction(prev_mv, shape)
         b = mv_pass_b(shape)
         mv = np.full(shape, ZERO, dtype=np.int64)
-        for sel, k, qy, qx in ((~b, mv_contexts(prev_mv, shape), py, px), (b, None, None, None)):
-            if k is None:  # pass B, from pass A's vectors
-                qy, qx, k = mv_neighbours(mv, py, px)
+
+        def one_pass(sel, k, qy, qx):  # one pass's components: differences from (qy, qx) in contexts k
             dy = self._decode_runs(dec, state, "mv", k[sel]) - MV_MAX
             dx = self._decode_runs(dec, state, "mv", mv_x_contexts(k[sel], dy)) - MV_MAX
             vy, vx = qy[sel] + dy, qx[sel] + dx
             if np.abs(vy).max(initial=0) > RANGE or np.abs(vx).max(initial=0) > RANGE:
                 raise ValueError("a motion vector is out of range")
             mv[sel] = (vy + RANGE) * SIDE + vx + RANGE
+
+        one_pass(~b, mv_contexts(prev_mv, shape), py, px)
+        qy, qx, kb = mv_neighbours(mv, py, px)  # pass B, from pass A's vectors
+        one_pass(b, kb, qy, qx)
         return mv
 
     def _decode_coefs(self, dec, state: _Adaptive, offset: int, kinds: np.ndarray, hist: np.ndarray,
