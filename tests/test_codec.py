@@ -352,3 +352,20 @@ def test_the_searchs_vector_rate_is_the_coders_own_code_length(model):
     pass_b = torch.from_numpy(mv_pass_b(shape))
     assert torch.allclose(got[~pass_b], a.expand(6)) and torch.allclose(got[pass_b], b.expand(6))
     assert torch.allclose(rate(dy, dx, None, None), a.expand(shape))  # no field: every block as pass A
+
+
+def test_the_decoder_applies_the_segments_output_filter_and_it_brings_the_frames_closer(tmp_path, carphone_frames, model):
+    from vqcodec.codec import SegmentCoder, encode_frames, frames_from_bytes, to_frames
+    from vqcodec.postfilter import filter_frames
+    frames = carphone_frames[:8]
+    coder = SegmentCoder(model, "cpu")
+    latents = []
+    sym = coder.decide(coder.analyse(frames), 3, coder.grid(frames), latents, size=(176, 144))
+    assert sym.filter is not None and sym.filter[0].any()
+    plain = [f for z in latents for f in to_frames(*(p[None] for p in coder.planes(z, coder.grid(frames))), 176, 144, 2)]
+    filtered = [f for i in range(0, 8, 2) for f in filter_frames(plain[i:i + 2], sym.filter)]
+    encode_frames(iter(frames), Fraction(30), tmp_path / "a.vqv", quality=3, model=model, device="cpu")
+    back = list(frames_from_bytes((tmp_path / "a.vqv").read_bytes(), model, conceal=False, concealed=[]))
+    assert all(np.array_equal(a.y, b.y) and np.array_equal(a.u, b.u) and np.array_equal(a.v, b.v)
+               for a, b in zip(back, filtered))
+    assert sequence_quality(frames, filtered).psnr_yuv > sequence_quality(frames, plain).psnr_yuv + 0.1

@@ -7,6 +7,7 @@ from vqcodec.entropy import (MV_B, FLAG_BLOCK, COEF_CONTEXTS, COEF_MAX, COEF_SYM
                              fresh_mode_contexts, fresh_modes, MODE_SPATIAL, MODE_NEAR, NEAR_INTER, NEAR_SKIP,
                              coef_kinds, main_modes, near_contexts, near_places, fit_tables, skipped_blocks, history, mode_contexts_a, mode_contexts_b, new_counts,
                              parity, quantise_rows, mv_neighbours, mv_pass_b, mv_symbols)
+from vqcodec import postfilter
 from vqcodec.motion import RANGE, SIDE, VECTORS, ZERO, grid_shape
 
 K = 64
@@ -294,7 +295,8 @@ def test_a_fresh_later_group_is_coded_as_a_first_group(coder):
     check_round_trip(coder, sym)
     cut = sym.groups
     refresh = coder.estimate_bits(cut(0, 4)) - coder.estimate_bits(cut(0, 3))
-    assert abs(refresh - coder.estimate_bits(cut(3, 4))) < 8  # the same bits, and two flags
+    filter_off = sum(s.classes for s in postfilter.PLANES)  # a segment opens with its filter's flags, 1 bit each
+    assert abs(refresh - (coder.estimate_bits(cut(3, 4)) - filter_off)) < 8  # the same bits, and two flags
     # the groups after it are predicted from it as after a segment's first group
     assert abs((coder.estimate_bits(sym) - coder.estimate_bits(cut(0, 4))) - (coder.estimate_bits(cut(3, 5))
                                                                              - coder.estimate_bits(cut(3, 4)))) < 8
@@ -371,3 +373,33 @@ def test_a_segment_learns_statistics_its_tables_did_not_expect(coder):
     words = coder.encode(sym)
     assert abs(32 * len(words) - coder.estimate_bits(sym)) < 64
     check_round_trip(coder, sym)
+
+
+def test_the_output_filter_round_trips_before_the_groups_and_its_bits_are_counted(coder):
+    rng = np.random.default_rng(5)
+    sym = moving(7)
+    filt = []
+    for plane, shape in enumerate(postfilter.PLANES):
+        w = rng.integers(-postfilter.WEIGHT_MAX, postfilter.WEIGHT_MAX + 1, (shape.classes, shape.width))
+        w[rng.random(shape.classes) < 0.4] = 0  # classes left off
+        w[0, 0], w[0, 1] = postfilter.WEIGHT_MAX, -postfilter.WEIGHT_MAX
+        filt.append(w)
+    filt[2][:] = 0  # a plane left off
+    with_filter = Symbols(sym.indices, sym.modes, sym.vectors, sym.coefs, sym.quality, filter=tuple(filt))
+    words, bits = coder.encode_measured(with_filter)
+    G, D, h, w = sym.indices.shape
+    got, groups = coder.decode_segment(words, G, (D, h, w), grid_shape(h, w), sym.quality)
+    assert all(np.array_equal(a, b) for a, b in zip(got, filt))
+    plain = decoded(coder, coder.encode(sym), sym)
+    assert all(all(np.array_equal(x, y) for x, y in zip(a, b) if x is not None) for a, b in zip(list(groups), plain))
+    # its bits: one flag per class (a segment without a filter codes them all off), and each integer
+    # of a class that is on under the fixed table
+    extra = bits - coder.estimate_bits(sym)
+    on = sum(int(w.any(1).sum()) for w in filt)
+    expected = sum(coder.filter_bits(row) - 1.0 for w in filt for row in w[w.any(1)])
+    assert abs(extra - expected) < 1e-6 * bits and abs(coder.estimate_bits(with_filter) - bits) < 1e-6 * bits
+    assert 8 * 4 * len(words) >= bits  # the words hold it
+    too_big = [w.copy() for w in filt]
+    too_big[1][1, 0] = postfilter.WEIGHT_MAX + 1
+    with pytest.raises(ValueError):
+        coder.encode(Symbols(sym.indices, sym.modes, sym.vectors, sym.coefs, sym.quality, filter=tuple(too_big)))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import bitstream as bs
-from . import motion
+from . import motion, postfilter
 from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEAR_INTER,
                       NEAR_SKIP, NEVER, NNZ_BUCKET, SKIP, EntropyCoder, Symbols, first_index_keys, first_neighbours,
                       first_passes, first_refs, fresh_mode_contexts, index_rows, mv_neighbours, mv_pass_b, near_contexts)
@@ -298,13 +298,13 @@ class SegmentCoder:
             return torch.where(pass_b, bits(dy, dx, *seen[2]), a)
         return rate
 
-    def _predict(self, z: torch.Tensor, z_prev: torch.Tensor, planes: tuple[torch.Tensor, ...],
-                 shape: tuple[int, int], still: torch.Tensor, prev_mv: torch.Tensor | None,
-                 step: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's motion: (vectors, prediction) for the group of latent z; blocks whose
-        tokens are all `still` stand still.  prev_mv: the previous group's vectors (their
-        prediction), None in the segment's second group."""
-        recon = self.planes(z_prev, shape)
+    def _predict(self, z: torch.Tensor, z_prev: torch.Tensor, recon: tuple[torch.Tensor, ...],
+                 planes: tuple[torch.Tensor, ...], shape: tuple[int, int], still: torch.Tensor,
+                 prev_mv: torch.Tensor | None, step: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's motion: (vectors, prediction) for the group of latent z from the previous
+        group's latent z_prev and decoded planes `recon`; blocks whose tokens are all `still` stand
+        still.  prev_mv: the previous group's vectors (their prediction), None in the segment's
+        second group."""
         mv = motion.search(planes[0], recon[0], self.cfg.patch, self._mv_rate(prev_mv, motion.grid_shape(*shape)),
                            MV_LAMBDA * 255.0 * step, prev_mv)
         if not bool((mv != motion.ZERO).any()):
@@ -323,16 +323,24 @@ class SegmentCoder:
 
     @torch.no_grad()
     def decide(self, groups: Iterable[tuple[torch.Tensor, tuple]], quality: int, shape: tuple[int, int],
-               latents: list | None = None) -> Symbols:
+               latents: list | None = None, size: tuple[int, int] | None = None) -> Symbols:
         """Indices, modes, vectors and coefficients, group after group, at one quality; each
-        group's reconstructed latent (what the next is predicted from) is appended to `latents`."""
+        group's reconstructed latent (what the next is predicted from) is appended to `latents`.
+        With the picture's `size` (width, height), also the output filter that brings the decoded
+        pictures closest to the source (postfilter.py)."""
         q = self.net.quantizer
         stages, step = stages_for_quality(quality, self.cfg.stages), step_for_quality(quality)
         lam = LAMBDA * step * step
         still = torch.full(motion.grid_shape(*shape), motion.ZERO, dtype=torch.long, device=self.device)
         out_idx, out_mode, out_mv, out_coef, out_fresh = [], [], [], [], []
-        z_prev = ref = moved = z_src = prev_mv = prev_changed = hist = None
+        z_prev = ref = moved = z_src = prev_mv = prev_changed = hist = recon = src = None
+        fit = postfilter.Fit() if size is not None and self.coder is not None else None
         for z, planes in groups:
+            if z_prev is not None:  # the previous group as decoded: the prediction's reference, the filter's input
+                recon = self.planes(z_prev, shape)
+                if fit is not None:
+                    fit.add_group(src, recon, *size)
+            src = planes
             idx = q.encode(z, stages)
             z_vq = q.decode(idx)
             c_intra = scalar_quantise((z - z_vq) @ self.basis.t(), step, COEF_MAX, DEADZONE)
@@ -340,7 +348,7 @@ class SegmentCoder:
             if not fresh:
                 d_intra = ((z - self.rebuild(z_vq, None, None, c_intra, step)) ** 2).sum(1)
                 still_tok = ((z - z_src) ** 2).sum(1) <= STILL * d_intra
-                mv, z_base = self._predict(z, z_prev, planes, shape, still_tok, prev_mv, step)
+                mv, z_base = self._predict(z, z_prev, recon, planes, shape, still_tok, prev_mv, step)
                 c_inter = scalar_quantise((z - z_base) @ self.basis.t(), step, COEF_MAX, DEADZONE)
                 z_inter = z_base + (c_inter.float() * step) @ self.basis
                 d_skip = ((z - z_base) ** 2).sum(1)
@@ -380,8 +388,12 @@ class SegmentCoder:
             out_mv.append(mv.cpu())
             out_coef.append(coefs.to(torch.int8).reshape(*shape, -1).cpu())
             out_fresh.append(fresh)
+        filt = None
+        if fit is not None and z_prev is not None:
+            fit.add_group(src, self.planes(z_prev, shape), *size)
+            filt = fit.solve(lam, self.coder.filter_bits)
         return Symbols(torch.stack(out_idx).numpy(), torch.stack(out_mode).numpy(), torch.stack(out_mv).numpy(),
-                       torch.stack(out_coef).numpy(), quality, np.array(out_fresh, dtype=bool))
+                       torch.stack(out_coef).numpy(), quality, np.array(out_fresh, dtype=bool), filt)
 
     def _fresh_layout(self, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """entropy.first_passes and first_neighbours on the device, flattened: (N,), (2, N)."""
@@ -556,7 +568,7 @@ class SegmentCoder:
 
     def symbols(self, frames: list[Frame], quality: int) -> Symbols:
         """Frames -> their symbols at one quality, streamed group by group."""
-        return self.decide(self.analyse(frames), quality, self.grid(frames))
+        return self.decide(self.analyse(frames), quality, self.grid(frames), size=(frames[0].width, frames[0].height))
 
     def pack(self, sym: Symbols) -> tuple[bytes, float]:
         """(payload bytes, ideal code length in bits under the tables)."""
@@ -579,7 +591,7 @@ class SegmentCoder:
 
         def bits(quality: int) -> float:
             if quality not in tried:
-                chosen = self.decide(groups, quality, shape)
+                chosen = self.decide(groups, quality, shape, size=(frames[0].width, frames[0].height))
                 tried[quality] = (chosen, self.coder.estimate_bits(chosen))
             return tried[quality][1]
 
@@ -609,10 +621,10 @@ class SegmentCoder:
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         frames: list[Frame] = []
         try:
-            decoded = self.coder.decode_groups(words, groups, (stages, h, w), motion.grid_shape(h, w), quality)
+            filt, decoded = self.coder.decode_segment(words, groups, (stages, h, w), motion.grid_shape(h, w), quality)
             for _, planes in self.reconstruct(decoded, step_for_quality(quality)):
-                frames += to_frames(*(p[None] for p in planes), header.width, header.height,
-                                    min(count - len(frames), self.cfg.frames))
+                frames += postfilter.filter_frames(to_frames(*(p[None] for p in planes), header.width, header.height,
+                                                             min(count - len(frames), self.cfg.frames)), filt)
         except (ValueError, RuntimeError, AssertionError) as exc:
             raise FormatError(f"cannot entropy-decode payload ({exc})") from None
         return frames

@@ -83,7 +83,9 @@ They are fitted after training (``fit_tables``) and stored in the model file, so
 and the decoder use the same integers on every device: the row ``freq / 2**16`` is exact in
 float64, and constriction quantises it deterministically.
 
-Coding order inside a fresh group: its pass-2 modes, its pass-3 modes grouped by context, its
+A segment's stream opens with its output filter (postfilter.py): one flag per class, then the
+integers of the classes that are on, two calls with fixed tables (FILTER_*_WEIGHTS, part of the
+format, not fitted, not adapted).  Coding order inside a fresh group: its pass-2 modes, its pass-3 modes grouped by context, its
 indices pass by pass (grouped by key = stage * (2K + 1) + context, ascending), then its
 coefficients as below.  Inside a later group: its static flag, then (when 0) its refresh flag
 (when 1, the rest is a fresh group's), then (when 0) pass A's vertical vector components grouped
@@ -103,6 +105,7 @@ import numpy as np
 import torch
 import constriction
 
+from . import postfilter
 from .motion import BLOCK, RANGE, SIDE, ZERO
 
 PRECISION = 16
@@ -143,6 +146,21 @@ ADAPT_PRIOR = 128
 ADAPT_LIMIT = 1024
 
 
+def _fixed_row(weights: np.ndarray) -> np.ndarray:
+    """Integer weights -> a row of integers >= 1 summing to 2**PRECISION (as adapted_rows rounds)."""
+    return adapted_rows(weights[None].astype(np.int64), np.zeros((1, len(weights)), dtype=np.int64))[0]
+
+
+# The output filter's integers (postfilter.py), in fixed tables of the format (not fitted): a class's
+# flag (on / off), one bit each; its weights and bias v in -WEIGHT_MAX..WEIGHT_MAX (symbol
+# v + WEIGHT_MAX), about an Exp-Golomb code of order 3: 2 j + 4 bits, plus a sign bit for v != 0,
+# where j = floor(log2(|v| / 8 + 1)).
+_v = np.abs(np.arange(-postfilter.WEIGHT_MAX, postfilter.WEIGHT_MAX + 1))
+_j = np.floor(np.log2(_v // 8 + 1)).astype(np.int64)
+FILTER_TABLE_WEIGHTS = np.where(_v == 0, 1 << 12, 1 << (11 - 2 * _j))
+FILTER_FLAG_WEIGHTS = np.array([1, 1])
+
+
 @dataclass
 class Symbols:
     """What the encoder chose for one segment, at one quality (1-based):
@@ -150,13 +168,15 @@ class Symbols:
     modes (G, h, w): each token's mode;  vectors (G, Hb, Wb): each block's (fresh groups' ignored);
     coefs (G, h, w, P): each intra or inter token's coefficients (SKIP tokens' are ignored);
     fresh (G,): True for the groups coded as a segment's first (the first, and refreshes; None:
-    the first only), whose pass-1 tokens are INTRA whatever `modes` says and whose vectors are ignored."""
+    the first only), whose pass-1 tokens are INTRA whatever `modes` says and whose vectors are ignored;
+    filter: the output filter's integers, per plane (classes, width) (postfilter.py; None: off)."""
     indices: np.ndarray
     modes: np.ndarray
     vectors: np.ndarray
     coefs: np.ndarray
     quality: int
     fresh: np.ndarray | None = None
+    filter: tuple | None = None
 
     def __post_init__(self):
         if self.fresh is None:
@@ -616,6 +636,10 @@ class EntropyCoder:
         # the cheapest possible symbol (adapted rows can give one symbol all but K - 1 of 2**16):
         # bounds how many symbols a payload of n bytes can hold
         self.min_bits = float(-np.log2(1 - 1 / (1 << PRECISION)))
+        rows = [_fixed_row(FILTER_FLAG_WEIGHTS), _fixed_row(FILTER_TABLE_WEIGHTS)]
+        self._filter_flag_bits, self._filter_bits = (bits(r) for r in rows)
+        self._filter_models = [constriction.stream.model.Categorical(r.astype(np.float64) / float(1 << PRECISION),
+                                                                     perfect=False) for r in rows]
 
     def max_symbols(self, payload_bytes: int) -> int:
         return int(8 * (payload_bytes + 8) / max(self.min_bits, 1e-6)) + 64
@@ -736,7 +760,7 @@ class EntropyCoder:
     def _code_segment(self, enc, sym: Symbols) -> float:
         offset = self._check_quality(sym.quality)
         state = _Adaptive(self)
-        bits = 0.0
+        bits = self._code_filter(enc, sym.filter)
         for keys, passes, side, g, kinds, hist, coefs in _walk(sym, self.codes):
             for kind, k, s in side:
                 bits += self._code_runs(enc, state, kind, k, s)
@@ -748,6 +772,45 @@ class EntropyCoder:
             bits += self._code_coefs(enc, state, offset, kinds, hist, coefs)
             state.commit()
         return bits
+
+    def filter_bits(self, weights: np.ndarray) -> float:
+        """The code length of one class's filter integers (postfilter.Fit.solve's `bits`), its flag included."""
+        return float(self._filter_bits[np.asarray(weights, dtype=np.int64) + postfilter.WEIGHT_MAX].sum()
+                     + self._filter_flag_bits[1])
+
+    def _code_filter(self, enc, filt: tuple | None) -> float:
+        """The output filter, before the segment's groups: every class's flag (Y's classes, then U's,
+        then V's) in one call, then the integers of the classes that are on, in order, in one call."""
+        filt = filt if filt is not None else tuple(postfilter.off(p) for p in range(len(postfilter.PLANES)))
+        flags = np.concatenate([w.any(1) for w in filt]).astype(np.int32)
+        values = np.concatenate([w[w.any(1)].reshape(-1) for w in filt]).astype(np.int32) + postfilter.WEIGHT_MAX
+        if values.min(initial=0) < 0 or values.max(initial=0) > 2 * postfilter.WEIGHT_MAX:
+            raise ValueError("a filter weight is out of range")
+        if enc is not None:
+            enc.encode(flags, self._filter_models[0])
+            if len(values):
+                enc.encode(values, self._filter_models[1])
+        return float(self._filter_flag_bits[flags].sum() + self._filter_bits[values].sum())
+
+    def _decode_filter(self, dec) -> tuple:
+        """_code_filter's inverse: each plane's filter (classes, width)."""
+        shapes = postfilter.PLANES
+        flags = dec.decode(self._filter_models[0], sum(s.classes for s in shapes)).astype(bool)
+        out, at = [], 0
+        on = []
+        for s in shapes:
+            on.append(flags[at:at + s.classes])
+            at += s.classes
+        values = dec.decode(self._filter_models[1], sum(int(o.sum()) * s.width for o, s in zip(on, shapes)))
+        values = values.astype(np.int64) - postfilter.WEIGHT_MAX
+        at = 0
+        for o, s in zip(on, shapes):
+            w = np.zeros((s.classes, s.width), dtype=np.int64)
+            n = int(o.sum()) * s.width
+            w[o] = values[at:at + n].reshape(-1, s.width)
+            at += n
+            out.append(w)
+        return tuple(out)
 
     def _code_coefs(self, enc, state: _Adaptive, offset: int, kinds: np.ndarray, hist: np.ndarray,
                     coefs: np.ndarray) -> float:
@@ -766,13 +829,22 @@ class EntropyCoder:
                 bits += self._code_runs(enc, state, "coef", offset + coef_keys(k, cx[:, r], r), c[:, r] + COEF_MAX)
         return bits
 
+    def decode_segment(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
+                       mv_shape: tuple[int, int], quality: int):
+        """A segment's words -> (its output filter (per plane (classes, width)), an iterator of its
+        groups (decode_groups))."""
+        offset = self._check_quality(quality)
+        dec = constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32))
+        return self._decode_filter(dec), self._groups(dec, offset, n_groups, shape, mv_shape)
+
     def decode_groups(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
                       mv_shape: tuple[int, int], quality: int):
         """Yield (indices (D, h, w), modes (h, w), vectors (Hb, Wb), coefficients (h, w, P), fresh)
         group by group, vectors None in fresh groups (the first, and refreshes); memory is bounded
         by one group whatever n_groups is."""
-        offset = self._check_quality(quality)
-        dec = constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32))
+        return self.decode_segment(words, n_groups, shape, mv_shape, quality)[1]
+
+    def _groups(self, dec, offset: int, n_groups: int, shape: tuple[int, int, int], mv_shape: tuple[int, int]):
         D, h, w = shape
         P = self.positions
         odd = parity(h, w)

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+
+from vqcodec import postfilter
+from vqcodec.postfilter import ACTIVITY_EDGES, PLANES, SCALE, BIAS_SCALE, WEIGHT_MAX, Fit, apply, classify, filter_frames
+
+
+def reference(p: np.ndarray, weights: np.ndarray, plane: int) -> np.ndarray:
+    """The module docstring's filter, pixel by pixel in Python integers (one frame)."""
+    shape = PLANES[plane]
+    H, W = p.shape
+    at = lambda y, x: int(p[min(max(y, 0), H - 1), min(max(x, 0), W - 1)])
+
+    def lap(y, x):  # the Laplacians of the plane with its edges repeated
+        c = 2 * at(y, x)
+        return abs(c - at(y - 1, x) - at(y + 1, x)), abs(c - at(y, x - 1) - at(y, x + 1))
+
+    out = np.empty_like(p)
+    for y in range(H):
+        for x in range(W):
+            v = h = 0
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    # a pixel of the 2-pixel border takes its Laplacians from the repeated plane there
+                    a, b = lap(min(max(y + dy, -1), H), min(max(x + dx, -1), W))
+                    v, h = v + a, h + b
+            act = sum(v + h >= e for e in ACTIVITY_EDGES)
+            cls = act if shape.directions == 1 else 3 * act + (1 if v > 2 * h else 2 if h > 2 * v else 0)
+            w = weights[cls]
+            s = sum(int(wk) * (at(y + dy, x + dx) + at(y - dy, x - dx) - 2 * at(y, x))
+                    for wk, (dy, dx) in zip(w[:-1], shape.pairs))
+            s += SCALE // BIAS_SCALE * int(w[-1]) + SCALE // 2
+            out[y, x] = min(255, max(0, at(y, x) + s // SCALE))
+    return out
+
+
+def test_the_filter_is_exactly_the_formula_at_every_pixel_edges_and_extremes_included():
+    rng = np.random.default_rng(0)
+    for plane in (0, 1):
+        shape = PLANES[plane]
+        p = rng.integers(0, 256, (9, 11))
+        p[:3, :4] = 255  # flat, saturated corner: low classes, clamping
+        p[5:, 6:] = np.arange(4 * 5).reshape(4, 5) * 8 % 256  # ramps: the directions
+        w = rng.integers(-WEIGHT_MAX, WEIGHT_MAX + 1, (shape.classes, shape.width))
+        w[0] = WEIGHT_MAX
+        got = apply(torch.from_numpy(p).float()[None], w, plane)[0].numpy()
+        assert np.array_equal(got, reference(p, w, plane))
+
+
+def test_classes_cover_activity_and_direction():
+    flat = torch.full((1, 8, 8), 100.0)
+    assert classify(flat, PLANES[0]).unique().tolist() == [0]
+    stripes = torch.zeros(1, 8, 8)
+    stripes[:, ::2] = 200.0  # horizontal stripes: steep vertically, flat across
+    cls = classify(stripes, PLANES[0])[0, 2:-2, 2:-2]
+    assert (cls % 3 == 1).all() and (cls // 3 == len(ACTIVITY_EDGES)).all()
+    assert (classify(stripes.transpose(1, 2), PLANES[0])[0, 2:-2, 2:-2] % 3 == 2).all()
+    assert classify(stripes, PLANES[1]).max() == len(ACTIVITY_EDGES)  # chroma: activity only
+
+
+def test_a_filter_of_zeros_changes_nothing():
+    p = torch.randint(0, 256, (2, 7, 5)).float()
+    assert torch.equal(apply(p, postfilter.off(0), 0), p)
+    frames = [object()]
+    assert filter_frames(frames, None) is frames
+
+
+def blurred(carphone_frames):
+    """A real picture and a softened, offset copy of it (what a coarse decoder gives)."""
+    src = torch.from_numpy(np.stack([f.y for f in carphone_frames[:2]])).float()
+    dec = torch.nn.functional.avg_pool2d(src[:, None], 3, 1, 1, count_include_pad=False)[:, 0].round() + 2
+    return src, dec.clamp(0, 255)
+
+
+def test_the_fitted_filter_brings_a_degraded_picture_closer_and_costs_nothing_when_not_worth_it(carphone_frames):
+    src, dec = blurred(carphone_frames)
+    fit = Fit()
+    fit.add(src, dec, 0)
+    bits = lambda q: 5.0 * len(q)
+    filt = fit.solve(1e-6, bits)
+    assert filt[0].any() and not filt[1].any() and not filt[2].any()  # chroma saw no pixels
+    err = lambda a: float(((a - src) ** 2).mean())
+    assert err(apply(dec, filt[0], 0)) < 0.8 * err(dec)
+    assert not any(w.any() for w in fit.solve(1e3, bits))  # too dear at that lambda: every class off
+    assert all(np.abs(w).max() <= WEIGHT_MAX for w in filt)
+
+
+def test_the_fit_on_padded_planes_sees_only_the_picture(carphone_frames):
+    src, dec = blurred(carphone_frames)
+    fit, cropped = Fit(), Fit()
+    pad = lambda p: torch.nn.functional.pad(p[:, None], (0, 4, 0, 4), mode="replicate")[:, 0] / 255.0
+    chroma = torch.zeros(2, 74, 90)
+    fit.add_group((pad(src), chroma, chroma), (pad(dec), chroma, chroma), 176, 144)
+    cropped.add(src, dec, 0)
+    assert np.allclose(fit.gram[0], cropped.gram[0]) and np.allclose(fit.cross[0], cropped.cross[0])

@@ -1,0 +1,203 @@
+"""The output filter: a Wiener filter per segment and plane, fitted by the encoder, applied by the decoder.
+
+The decoded pictures carry errors with a structure a linear filter can take out (the synthesis
+network blurs or rings a little, differently on every clip and quality). After deciding a
+segment, the encoder fits, by least squares against the source, one small filter per *class*
+of pixels and plane, and sends the integers; the decoder applies them to its output frames. The
+filter is not in the loop: later groups are still predicted from the unfiltered pictures, so
+it changes no other symbol, and a segment with every filter off decodes as before.
+
+A filter is point-symmetric over a diamond (radius 3 for luma: 12 pairs of taps; radius 2 for
+chroma: 6 pairs) and acts on the pairs' second differences, so a filter of zeros changes
+nothing and rounding its weights costs little:
+
+    out = clamp(p + floor((sum_k w_k (a_k + b_k - 2 p) + 32 bias + 64) / 128), 0, 255)
+
+with p the pixel, a_k and b_k the two pixels of pair k (picture edges repeated), w_k and bias
+integers in -127..127 (w in 1/128, bias in 1/4 of a level).  Every product and sum is an integer
+below 2**24, so float32 computes it exactly and every device gives the same pictures.
+
+Classes (the pixel's own neighbourhood, on the decoded plane): activity a = the 3 x 3 sum of
+|2p - above - below| + |2p - left - right| (on the plane with its edges repeated 2 pixels out),
+bucketed by ACTIVITY_EDGES into 0..6; luma also a direction: 1 where the vertical part is more than twice the horizontal, 2
+where the horizontal is more than twice the vertical, else 0: class 3 a + direction (21
+classes); chroma class a (7).  The encoder keeps a class's filter only where the squared error
+it removes outweighs lambda times its bits (`fit`); a class left off codes one flag.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ACTIVITY_EDGES = (2, 6, 14, 30, 60, 120)
+ACTIVITIES = len(ACTIVITY_EDGES) + 1
+WEIGHT_MAX = 127          # weights and biases are integers in -WEIGHT_MAX..WEIGHT_MAX
+SCALE = 128               # weights in 1/SCALE
+BIAS_SCALE = 4            # biases in 1/BIAS_SCALE of a level
+FIT_STEP = 2              # the encoder fits on every FIT_STEP-th row and column
+
+
+def _diamond(r: int) -> tuple[tuple[int, int], ...]:
+    """Half of a diamond of radius r: the offsets (dy, dx) after (0, 0) in raster order."""
+    return tuple((dy, dx) for dy in range(0, r + 1) for dx in range(-r, r + 1)
+                 if abs(dy) + abs(dx) <= r and (dy, dx) > (0, 0))
+
+
+@dataclass(frozen=True)
+class PlaneShape:
+    radius: int
+    directions: int  # 3 (luma) or 1 (chroma)
+
+    @property
+    def pairs(self) -> tuple[tuple[int, int], ...]:
+        return _diamond(self.radius)
+
+    @property
+    def classes(self) -> int:
+        return ACTIVITIES * self.directions
+
+    @property
+    def width(self) -> int:
+        """Integers per class: the pairs' weights, then the bias."""
+        return len(self.pairs) + 1
+
+
+PLANES = (PlaneShape(3, 3), PlaneShape(2, 1), PlaneShape(2, 1))  # Y, U, V
+
+
+def off(plane: int) -> np.ndarray:
+    """A plane's filter that changes nothing: (classes, width) zeros."""
+    s = PLANES[plane]
+    return np.zeros((s.classes, s.width), dtype=np.int64)
+
+
+def _pad(p: torch.Tensor, r: int) -> torch.Tensor:
+    return F.pad(p[:, None], (r, r, r, r), mode="replicate")[:, 0]
+
+
+def classify(p: torch.Tensor, shape: PlaneShape) -> torch.Tensor:
+    """Planes (T, H, W) of 8-bit values (float) -> each pixel's class (T, H, W) long: on the plane
+    with its edges repeated 2 pixels out, the vertical and horizontal Laplacians |2p - above -
+    below| and |2p - left - right| of every pixel but the outermost ring, and each pixel's 3 x 3
+    sums of them (v, h): exact integers."""
+    q = _pad(p, 2)
+    c2 = 2 * q[:, 1:-1, 1:-1]
+    v = (c2 - q[:, :-2, 1:-1] - q[:, 2:, 1:-1]).abs_()
+    h = (c2 - q[:, 1:-1, :-2] - q[:, 1:-1, 2:]).abs_()
+
+    def box(g):
+        rows = g[:, :-2] + g[:, 1:-1] + g[:, 2:]
+        return rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]
+
+    v, h = box(v), box(h)
+    act = torch.bucketize(v + h, torch.tensor(ACTIVITY_EDGES, dtype=p.dtype, device=p.device), right=True)
+    if shape.directions == 1:
+        return act
+    return act * 3 + (v > 2 * h).long() + 2 * (h > 2 * v).long()
+
+
+def _pairs(p: torch.Tensor, shape: PlaneShape, step: int = 1) -> Iterator[torch.Tensor]:
+    """Each pair's sums a + b (T, H', W') at every `step`-th row and column, exact integers."""
+    r = shape.radius
+    H, W = p.shape[1:]
+    q = _pad(p, r)
+    for dy, dx in shape.pairs:
+        yield (q[:, r + dy:r + dy + H:step, r + dx:r + dx + W:step]
+               + q[:, r - dy:r - dy + H:step, r - dx:r - dx + W:step])
+
+
+def apply(p: torch.Tensor, weights: np.ndarray, plane: int) -> torch.Tensor:
+    """Planes (T, H, W) of 8-bit values (float32) filtered by one plane's filter (classes, width)
+    (rows of zeros change nothing) -> the same shape, 8-bit values (float32)."""
+    w = torch.as_tensor(np.asarray(weights), dtype=torch.float32, device=p.device)
+    if not bool(w.any()):
+        return p
+    shape = PLANES[plane]
+    p = p.float()
+    cls = classify(p, shape)
+    # sum_k w_k (a_k + b_k - 2p) + 32 bias + 64 as sum_k w_k (a_k + b_k) - 2 p sum_k w_k + (32 bias + 64):
+    # every term an integer below 2**20, so each partial sum is exact in float32 in any order
+    total = (w[:, -1] * (SCALE // BIAS_SCALE) + SCALE // 2)[cls]
+    total.addcmul_(p, (-2 * w[:, :-1].sum(1))[cls])
+    for k, pair in enumerate(_pairs(p, shape)):
+        total.addcmul_(pair, w[:, k][cls])
+    return total.div_(SCALE).floor_().add_(p).clamp_(0, 255)
+
+
+class Fit:
+    """The encoder's least-squares statistics for one segment: per plane and class, X^T X and
+    X^T y over its pixels (X: the pair differences and 1, y: source - decoded)."""
+
+    def __init__(self):
+        self.gram = [np.zeros((s.classes, s.width, s.width)) for s in PLANES]
+        self.cross = [np.zeros((s.classes, s.width)) for s in PLANES]
+
+    def add(self, src: torch.Tensor, dec: torch.Tensor, plane: int) -> None:
+        """Source and decoded planes (T, H, W), 8-bit values: their pixels at every FIT_STEP-th row
+        and column (a quarter of them is plenty for 14 unknowns a class, at a quarter of the time)."""
+        shape = PLANES[plane]
+        dec = dec.float()
+        sub = (slice(None), slice(None, None, FIT_STEP), slice(None, None, FIT_STEP))
+        d = dec[sub]
+        cls = classify(dec, shape)[sub].reshape(-1)
+        x = torch.stack([*(pair - 2 * d for pair in _pairs(dec, shape, FIT_STEP)), torch.ones_like(d)], -1)
+        x = x.reshape(len(cls), -1)
+        y = (src.float()[sub] - d).reshape(-1)
+        order = torch.argsort(cls)
+        counts = torch.bincount(cls, minlength=shape.classes).tolist()
+        xs, ys = x[order], y[order]
+        start = 0
+        for c, n in enumerate(counts):
+            if n:  # float32 products of integers below 2**19, summed per group, then in float64
+                xc = xs[start:start + n]
+                self.gram[plane][c] += (xc.t() @ xc).double().cpu().numpy()
+                self.cross[plane][c] += (xc.t() @ ys[start:start + n]).double().cpu().numpy()
+            start += n
+
+    def solve(self, lam: float, bits: Callable[[np.ndarray], float]) -> tuple[np.ndarray, ...]:
+        """Each plane's filter (classes, width) of integers: per class the least-squares weights,
+        rounded, kept where the squared error they remove (in units of 255**2, as the codec's
+        decisions count distortion) exceeds lam times their bits (`bits`: the coder's code length
+        of a class's integers); else zeros."""
+        out = []
+        for plane, shape in enumerate(PLANES):
+            wts = off(plane)
+            for c in range(shape.classes):
+                a, b = self.gram[plane][c], self.cross[plane][c]
+                n = a[-1, -1]
+                if n < 4 * shape.width:
+                    continue
+                try:
+                    w = np.linalg.solve(a + (1e-3 + 1e-6 * np.trace(a)) * np.eye(shape.width), b)
+                except np.linalg.LinAlgError:
+                    continue
+                q = np.clip(np.round(np.concatenate([w[:-1] * SCALE, w[-1:] * BIAS_SCALE])), -WEIGHT_MAX, WEIGHT_MAX)
+                f = np.concatenate([q[:-1] / SCALE, q[-1:] / BIAS_SCALE])
+                gain = 2 * f @ b - f @ a @ f  # the squared error removed (before the output's rounding)
+                if gain / 255.0 ** 2 > lam * bits(q):
+                    wts[c] = q.astype(np.int64)
+            out.append(wts)
+        return tuple(out)
+
+
+    def add_group(self, src: tuple[torch.Tensor, ...], dec: tuple[torch.Tensor, ...], width: int, height: int) -> None:
+        """One temporal group: source and decoded planes (T, Hp, Wp), (T, Hp/2, Wp/2) x 2 in [0, 1]
+        (padded, the codec's), cropped to the picture (width x height) as the decoder outputs it."""
+        for plane, (s, d) in enumerate(zip(src, dec)):
+            h, w = (height, width) if plane == 0 else ((height + 1) // 2, (width + 1) // 2)
+            self.add(s[:, :h, :w].mul(255.0).round_(), d[:, :h, :w].mul(255.0).round_(), plane)
+
+
+def filter_frames(frames: list, filt: tuple | None) -> list:
+    """Decoded frames (video.Frame) of one group -> the output frames, each plane through its filter."""
+    if filt is None or not any(w.any() for w in filt):
+        return frames
+    planes = []
+    for plane, (name, w) in enumerate(zip(("y", "u", "v"), filt)):
+        p = torch.from_numpy(np.stack([getattr(f, name) for f in frames])).float()
+        planes.append(apply(p, w, plane).to(torch.uint8).numpy())
+    return [type(f)(planes[0][i], planes[1][i], planes[2][i]) for i, f in enumerate(frames)]
