@@ -12,21 +12,26 @@ def reference(p: np.ndarray, weights: np.ndarray, plane: int) -> np.ndarray:
     H, W = p.shape
     at = lambda y, x: int(p[min(max(y, 0), H - 1), min(max(x, 0), W - 1)])
 
-    def lap(y, x):  # the Laplacians of the plane with its edges repeated
+    def lap(y, x):  # the Laplacians of the plane with its edges repeated: |, -, \\, /
         c = 2 * at(y, x)
-        return abs(c - at(y - 1, x) - at(y + 1, x)), abs(c - at(y, x - 1) - at(y, x + 1))
+        return (abs(c - at(y - 1, x) - at(y + 1, x)), abs(c - at(y, x - 1) - at(y, x + 1)),
+                abs(c - at(y - 1, x - 1) - at(y + 1, x + 1)), abs(c - at(y - 1, x + 1) - at(y + 1, x - 1)))
 
     out = np.empty_like(p)
     for y in range(H):
         for x in range(W):
-            v = h = 0
+            v = h = d0 = d1 = 0
             for dy in (-1, 0, 1):
                 for dx in (-1, 0, 1):
                     # a pixel of the 2-pixel border takes its Laplacians from the repeated plane there
-                    a, b = lap(min(max(y + dy, -1), H), min(max(x + dx, -1), W))
-                    v, h = v + a, h + b
+                    a, b, c, d = lap(min(max(y + dy, -1), H), min(max(x + dx, -1), W))
+                    v, h, d0, d1 = v + a, h + b, d0 + c, d1 + d
             act = sum(v + h >= e for e in ACTIVITY_EDGES)
-            cls = act if shape.directions == 1 else 3 * act + (1 if v > 2 * h else 2 if h > 2 * v else 0)
+            if max(v, h) * min(d0, d1) >= max(d0, d1) * min(v, h):
+                direction = (1 if v > h else 2) if max(v, h) > 2 * min(v, h) else 0
+            else:
+                direction = (3 if d0 > d1 else 4) if max(d0, d1) > 2 * min(d0, d1) else 0
+            cls = act if shape.directions == 1 else shape.directions * act + direction
             w = weights[cls]
             s = sum(int(wk) * (at(y + dy, x + dx) + at(y - dy, x - dx) - 2 * at(y, x))
                     for wk, (dy, dx) in zip(w[:-1], shape.pairs))
@@ -53,9 +58,14 @@ def test_classes_cover_activity_and_direction():
     assert classify(flat, PLANES[0]).unique().tolist() == [0]
     stripes = torch.zeros(1, 8, 8)
     stripes[:, ::2] = 200.0  # horizontal stripes: steep vertically, flat across
+    n = PLANES[0].directions
     cls = classify(stripes, PLANES[0])[0, 2:-2, 2:-2]
-    assert (cls % 3 == 1).all() and (cls // 3 == len(ACTIVITY_EDGES)).all()
-    assert (classify(stripes.transpose(1, 2), PLANES[0])[0, 2:-2, 2:-2] % 3 == 2).all()
+    assert (cls % n == 1).all() and (cls // n == len(ACTIVITY_EDGES)).all()
+    assert (classify(stripes.transpose(1, 2), PLANES[0])[0, 2:-2, 2:-2] % n == 2).all()
+    # stripes two pixels wide along either diagonal: flat along them, steep across
+    along = lambda outer: torch.from_numpy((outer(np.arange(10), np.arange(10)) // 2 % 2 * 200.0)[None]).float()
+    assert (classify(along(np.add.outer), PLANES[0])[0, 2:-2, 2:-2] % n).unique().tolist() == [3]
+    assert (classify(along(np.subtract.outer), PLANES[0])[0, 2:-2, 2:-2] % n).unique().tolist() == [4]
     assert classify(stripes, PLANES[1]).max() == len(ACTIVITY_EDGES)  # chroma: activity only
 
 
