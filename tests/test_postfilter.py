@@ -103,4 +103,26 @@ def test_the_fit_on_padded_planes_sees_only_the_picture(carphone_frames):
     chroma = torch.zeros(2, 74, 90)
     fit.add_group((pad(src), chroma, chroma), (pad(dec), chroma, chroma), 176, 144)
     cropped.add(src, dec, 0)
+    fit._accumulate(), cropped._accumulate()
     assert np.allclose(fit.gram[0], cropped.gram[0]) and np.allclose(fit.cross[0], cropped.cross[0])
+
+
+def test_the_fit_classifies_and_filters_each_sampled_pixel_as_the_decoder_does(carphone_frames):
+    from vqcodec.postfilter import _pad, _pairs
+    src, dec = blurred(carphone_frames)
+    for plane in (0, 1):
+        shape = PLANES[plane]
+        for step in (1, 3):
+            fit = Fit()
+            fit.add(src, dec, plane, step)
+            fit._accumulate()
+            # the same statistics from the whole planes, classified and paired as `apply` does
+            sub = (slice(None), slice(None, None, step), slice(None, None, step))
+            cls = classify(dec, shape)[sub].reshape(-1)
+            x = torch.stack([*((pair - 2 * dec)[sub].reshape(-1) for pair in _pairs(_pad(dec, shape.radius), shape)),
+                             torch.ones(len(cls))], -1).double()
+            y = (src - dec)[sub].reshape(-1).double()
+            for c in range(shape.classes):
+                m = cls == c
+                assert np.allclose(fit.gram[plane][c], (x[m].t() @ x[m]).numpy())
+                assert np.allclose(fit.cross[plane][c], (x[m].t() @ y[m]).numpy())

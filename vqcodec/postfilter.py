@@ -26,6 +26,7 @@ it removes outweighs lambda times its bits (`fit`); a class left off codes one f
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -38,7 +39,7 @@ ACTIVITIES = len(ACTIVITY_EDGES) + 1
 WEIGHT_MAX = 127          # weights and biases are integers in -WEIGHT_MAX..WEIGHT_MAX
 SCALE = 128               # weights in 1/SCALE
 BIAS_SCALE = 4            # biases in 1/BIAS_SCALE of a level
-FIT_STEP = 2              # the encoder fits on every FIT_STEP-th row and column
+FIT_SAMPLES = 1 << 15     # the encoder fits on about this many luma pixels of each group
 
 
 def _diamond(r: int) -> tuple[tuple[int, int], ...]:
@@ -81,15 +82,20 @@ def _pad(p: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def classify(p: torch.Tensor, shape: PlaneShape) -> torch.Tensor:
-    """Planes (T, H, W) of 8-bit values -> each pixel's class (T, H, W) long.  On the plane with its
-    edges repeated 2 pixels out, the Laplacians of every pixel but the outermost ring: vertical
-    |2p - above - below|, horizontal |2p - left - right| and, for luma, the two diagonals
-    (top-left to bottom-right, top-right to bottom-left); each pixel's 3 x 3 sums of them v, h, d0,
-    d1.  Activity: v + h bucketed by ACTIVITY_EDGES.  Direction (luma): the pair (v, h) or
-    (d0, d1) whose larger to smaller ratio is the greater ((v, h) on a tie), then 0 unless its
-    larger is more than twice its smaller, else 1 / 2 (v / h the larger) or 3 / 4 (d0 / d1).
-    In 32-bit integers: every device classifies alike."""
-    q = _pad(p.to(torch.int32), 2)
+    """Planes (T, H, W) of 8-bit values -> each pixel's class (T, H, W) long (`_classes` of the
+    plane with its edges repeated 2 pixels out)."""
+    return _classes(_pad(p.to(torch.int32), 2), shape)
+
+
+def _classes(q: torch.Tensor, shape: PlaneShape) -> torch.Tensor:
+    """Integer planes (N, h + 4, w + 4) -> the classes (N, h, w) of their inner pixels.  The
+    Laplacians of every pixel but the outermost ring: vertical |2p - above - below|, horizontal
+    |2p - left - right| and, for luma, the two diagonals (top-left to bottom-right, top-right to
+    bottom-left); each inner pixel's 3 x 3 sums of them v, h, d0, d1.  Activity: v + h bucketed
+    by ACTIVITY_EDGES.  Direction (luma): the pair (v, h) or (d0, d1) whose larger to smaller
+    ratio is the greater ((v, h) on a tie), then 0 unless its larger is more than twice its
+    smaller, else 1 / 2 (v / h the larger) or 3 / 4 (d0 / d1).  In 32-bit integers: every device
+    classifies alike."""
     c2 = 2 * q[:, 1:-1, 1:-1]
 
     def lap(a, b):  # |2p - a - b| over the ring inside the border, then 3 x 3 sums
@@ -99,7 +105,7 @@ def classify(p: torch.Tensor, shape: PlaneShape) -> torch.Tensor:
 
     v = lap(q[:, :-2, 1:-1], q[:, 2:, 1:-1])
     h = lap(q[:, 1:-1, :-2], q[:, 1:-1, 2:])
-    act = torch.bucketize(v + h, torch.tensor(ACTIVITY_EDGES, dtype=torch.int32, device=p.device), right=True)
+    act = torch.bucketize(v + h, torch.tensor(ACTIVITY_EDGES, dtype=torch.int32, device=q.device), right=True)
     if shape.directions == 1:
         return act
     d0 = lap(q[:, :-2, :-2], q[:, 2:, 2:])
@@ -111,14 +117,13 @@ def classify(p: torch.Tensor, shape: PlaneShape) -> torch.Tensor:
     return act * DIRECTIONS + d
 
 
-def _pairs(p: torch.Tensor, shape: PlaneShape, step: int = 1) -> Iterator[torch.Tensor]:
-    """Each pair's sums a + b (T, H', W') at every `step`-th row and column, exact integers."""
+def _pairs(q: torch.Tensor, shape: PlaneShape) -> Iterator[torch.Tensor]:
+    """Planes (N, h + 2r, w + 2r) (r the shape's radius) -> each pair's sums a + b (N, h, w) of
+    their inner pixels, exact integers."""
     r = shape.radius
-    H, W = p.shape[1:]
-    q = _pad(p, r)
+    h, w = q.shape[1] - 2 * r, q.shape[2] - 2 * r
     for dy, dx in shape.pairs:
-        yield (q[:, r + dy:r + dy + H:step, r + dx:r + dx + W:step]
-               + q[:, r - dy:r - dy + H:step, r - dx:r - dx + W:step])
+        yield q[:, r + dy:r + dy + h, r + dx:r + dx + w] + q[:, r - dy:r - dy + h, r - dx:r - dx + w]
 
 
 def apply(p: torch.Tensor, weights: np.ndarray, plane: int) -> torch.Tensor:
@@ -134,46 +139,79 @@ def apply(p: torch.Tensor, weights: np.ndarray, plane: int) -> torch.Tensor:
     # every term an integer below 2**20, so each partial sum is exact in float32 in any order
     total = (w[:, -1] * (SCALE // BIAS_SCALE) + SCALE // 2)[cls]
     total.addcmul_(p, (-2 * w[:, :-1].sum(1))[cls])
-    for k, pair in enumerate(_pairs(p, shape)):
+    for k, pair in enumerate(_pairs(_pad(p, shape.radius), shape)):
         total.addcmul_(pair, w[:, k][cls])
     return total.div_(SCALE).floor_().add_(p).clamp_(0, 255)
 
 
+def fit_step(width: int, height: int, frames: int) -> int:
+    """The encoder fits on the pixels of every n-th row and column of every group (n >= 1): all of
+    them in small pictures, fewer as pictures grow, about FIT_SAMPLES a group whatever the size."""
+    return max(1, math.isqrt(frames * width * height // FIT_SAMPLES))
+
+
+def _patches(p: torch.Tensor, step: int, r: int) -> torch.Tensor:
+    """Planes (T, H, W) -> the (2r + 1) x (2r + 1) neighbourhoods of the pixels at every step-th row
+    and column (edges repeated, as _pad does), samples last: (2r + 1, 2r + 1, N) (so that the
+    classification's slices of them run along contiguous samples)."""
+    T, H, W = p.shape
+    d = torch.arange(-r, r + 1, device=p.device)
+    ys = (torch.arange(0, H, step, device=p.device)[None, :] + d[:, None]).clamp_(0, H - 1)  # (2r + 1, h')
+    xs = (torch.arange(0, W, step, device=p.device)[None, :] + d[:, None]).clamp_(0, W - 1)  # (2r + 1, w')
+    at = ys[:, None, :, None] * W + xs[None, :, None, :]  # (2r + 1, 2r + 1, h', w')
+    k = 2 * r + 1
+    return p.reshape(T, -1)[:, at.reshape(-1)].reshape(T, k, k, -1).permute(1, 2, 0, 3).reshape(k, k, -1)
+
+
 class Fit:
     """The encoder's least-squares statistics for one segment: per plane and class, X^T X and
-    X^T y over its pixels (X: the pair differences and 1, y: source - decoded)."""
+    X^T y over its sampled pixels (X: the pair differences and 1, y: source - decoded).  Groups
+    only hand in their samples' neighbourhoods; they are classified together (`solve`)."""
 
     def __init__(self):
         self.gram = [np.zeros((s.classes, s.width, s.width)) for s in PLANES]
         self.cross = [np.zeros((s.classes, s.width)) for s in PLANES]
+        self.samples: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in PLANES]
 
-    def add(self, src: torch.Tensor, dec: torch.Tensor, plane: int) -> None:
-        """Source and decoded planes (T, H, W), 8-bit values: their pixels at every FIT_STEP-th row
-        and column (a quarter of them is plenty for 14 unknowns a class, at a quarter of the time)."""
-        shape = PLANES[plane]
-        dec = dec.float()
-        sub = (slice(None), slice(None, None, FIT_STEP), slice(None, None, FIT_STEP))
-        d = dec[sub]
-        cls = classify(dec, shape)[sub].reshape(-1)
-        x = torch.stack([*(pair - 2 * d for pair in _pairs(dec, shape, FIT_STEP)), torch.ones_like(d)], -1)
-        x = x.reshape(len(cls), -1)
-        y = (src.float()[sub] - d).reshape(-1)
-        order = torch.argsort(cls)
-        counts = torch.bincount(cls, minlength=shape.classes).tolist()
-        xs, ys = x[order], y[order]
-        start = 0
-        for c, n in enumerate(counts):
-            if n:  # float32 products of integers below 2**19, summed per group, then in float64
-                xc = xs[start:start + n]
-                self.gram[plane][c] += (xc.t() @ xc).double().cpu().numpy()
-                self.cross[plane][c] += (xc.t() @ ys[start:start + n]).double().cpu().numpy()
-            start += n
+    @torch.no_grad()
+    def add(self, src: torch.Tensor, dec: torch.Tensor, plane: int, step: int = 1) -> None:
+        """Source and decoded planes (T, H, W), 8-bit values: their pixels at every step-th row and
+        column, each to be classified and filtered from its own neighbourhood as `apply` does."""
+        r = max(2, PLANES[plane].radius)
+        self.samples[plane].append((_patches(dec.float(), step, r), _patches(src.float(), step, 0)[0, 0]))
+
+    @torch.no_grad()
+    def _accumulate(self) -> None:
+        for plane, shape in enumerate(PLANES):
+            if not self.samples[plane]:
+                continue
+            near = torch.cat([n for n, _ in self.samples[plane]], 2).permute(2, 0, 1)  # (N, 2r + 1, 2r + 1)
+            src = torch.cat([s for _, s in self.samples[plane]])
+            self.samples[plane] = []
+            r, k = near.shape[1] // 2, shape.radius
+            d = near[:, r, r]
+            cls = _classes(near[:, r - 2:r + 3, r - 2:r + 3].to(torch.int32), shape).reshape(-1)
+            x = torch.stack([*(pair.reshape(-1) - 2 * d for pair in _pairs(near[:, r - k:r + k + 1, r - k:r + k + 1],
+                                                                          shape)), torch.ones_like(d)], -1)
+            y = src - d
+            order = torch.argsort(cls)
+            counts = torch.bincount(cls, minlength=shape.classes).tolist()
+            xs, ys = x[order], y[order]
+            start = 0
+            for c, n in enumerate(counts):
+                if n:  # float32 products of integers below 2**19 summed in blocks, then in float64
+                    for at in range(start, start + n, 1 << 16):
+                        xc, yc = xs[at:min(at + (1 << 16), start + n)], ys[at:min(at + (1 << 16), start + n)]
+                        self.gram[plane][c] += (xc.t() @ xc).double().cpu().numpy()
+                        self.cross[plane][c] += (xc.t() @ yc).double().cpu().numpy()
+                start += n
 
     def solve(self, lam: float, bits: Callable[[np.ndarray], float]) -> tuple[np.ndarray, ...]:
         """Each plane's filter (classes, width) of integers: per class the least-squares weights,
         rounded, kept where the squared error they remove (in units of 255**2, as the codec's
         decisions count distortion) exceeds lam times their bits (`bits`: the coder's code length
         of a class's integers); else zeros."""
+        self._accumulate()
         out = []
         for plane, shape in enumerate(PLANES):
             wts = off(plane)
@@ -198,9 +236,11 @@ class Fit:
     def add_group(self, src: tuple[torch.Tensor, ...], dec: tuple[torch.Tensor, ...], width: int, height: int) -> None:
         """One temporal group: source and decoded planes (T, Hp, Wp), (T, Hp/2, Wp/2) x 2 in [0, 1]
         (padded, the codec's), cropped to the picture (width x height) as the decoder outputs it."""
+        step = fit_step(width, height, len(src[0]))
         for plane, (s, d) in enumerate(zip(src, dec)):
             h, w = (height, width) if plane == 0 else ((height + 1) // 2, (width + 1) // 2)
-            self.add(s[:, :h, :w].mul(255.0).round_(), d[:, :h, :w].mul(255.0).round_(), plane)
+            self.add(s[:, :h, :w].mul(255.0).round_(), d[:, :h, :w].mul(255.0).round_(), plane,
+                     step if plane == 0 else max(1, step // 2))
 
 
 def filter_frames(frames: list, filt: tuple | None) -> list:
