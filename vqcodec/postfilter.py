@@ -178,15 +178,16 @@ class Fit:
         """Source and decoded planes (T, H, W), 8-bit values: their pixels at every step-th row and
         column, each to be classified and filtered from its own neighbourhood as `apply` does."""
         r = max(2, PLANES[plane].radius)
-        self.samples[plane].append((_patches(dec.float(), step, r), _patches(src.float(), step, 0)[0, 0]))
+        as_bytes = lambda p: p.to(torch.uint8)  # 8-bit values: a quarter of the memory until `solve`
+        self.samples[plane].append((as_bytes(_patches(dec, step, r)), as_bytes(_patches(src, step, 0)[0, 0])))
 
     @torch.no_grad()
     def _accumulate(self) -> None:
         for plane, shape in enumerate(PLANES):
             if not self.samples[plane]:
                 continue
-            near = torch.cat([n for n, _ in self.samples[plane]], 2).permute(2, 0, 1)  # (N, 2r + 1, 2r + 1)
-            src = torch.cat([s for _, s in self.samples[plane]])
+            near = torch.cat([n for n, _ in self.samples[plane]], 2).permute(2, 0, 1).float()  # (N, 2r + 1, 2r + 1)
+            src = torch.cat([s for _, s in self.samples[plane]]).float()
             self.samples[plane] = []
             r, k = near.shape[1] // 2, shape.radius
             d = near[:, r, r]
