@@ -39,7 +39,8 @@ ACTIVITIES = len(ACTIVITY_EDGES) + 1
 WEIGHT_MAX = 127          # weights and biases are integers in -WEIGHT_MAX..WEIGHT_MAX
 SCALE = 128               # weights in 1/SCALE
 BIAS_SCALE = 4            # biases in 1/BIAS_SCALE of a level
-FIT_SAMPLES = 1 << 15     # the encoder fits on about this many luma pixels of each group
+FIT_SAMPLES = 1 << 15     # the encoder fits on about this many luma pixels of each group (chroma alike)
+HELD = 1 << 24            # neighbourhood values held before they are classified (16 MB)
 
 
 def _diamond(r: int) -> tuple[tuple[int, int], ...]:
@@ -178,12 +179,16 @@ class Fit:
         """Source and decoded planes (T, H, W), 8-bit values: their pixels at every step-th row and
         column, each to be classified and filtered from its own neighbourhood as `apply` does."""
         r = max(2, PLANES[plane].radius)
-        as_bytes = lambda p: p.to(torch.uint8)  # 8-bit values: a quarter of the memory until `solve`
+        as_bytes = lambda p: p.to(torch.uint8)  # 8-bit values: a quarter of the memory until classified
         self.samples[plane].append((as_bytes(_patches(dec, step, r)), as_bytes(_patches(src, step, 0)[0, 0])))
+        if sum(s.numel() for s, _ in self.samples[plane]) >= HELD:  # bounded memory: classify what is held
+            self._accumulate(plane)
 
     @torch.no_grad()
-    def _accumulate(self) -> None:
-        for plane, shape in enumerate(PLANES):
+    def _accumulate(self, *planes: int) -> None:
+        """Classify the samples held (of `planes`, or of all) and add them to the statistics."""
+        for plane in planes or range(len(PLANES)):
+            shape = PLANES[plane]
             if not self.samples[plane]:
                 continue
             near = torch.cat([n for n, _ in self.samples[plane]], 2).permute(2, 0, 1).float()  # (N, 2r + 1, 2r + 1)
@@ -240,8 +245,7 @@ class Fit:
         step = fit_step(width, height, len(src[0]))
         for plane, (s, d) in enumerate(zip(src, dec)):
             h, w = (height, width) if plane == 0 else ((height + 1) // 2, (width + 1) // 2)
-            self.add(s[:, :h, :w].mul(255.0).round_(), d[:, :h, :w].mul(255.0).round_(), plane,
-                     step if plane == 0 else max(1, step // 2))
+            self.add(s[:, :h, :w].mul(255.0).round_(), d[:, :h, :w].mul(255.0).round_(), plane, step)
 
 
 def filter_frames(frames: list, filt: tuple | None) -> list:
