@@ -85,7 +85,9 @@ float64, and constriction quantises it deterministically.
 
 A segment's stream opens with its output filter (postfilter.py): one flag per class, then the
 integers of the classes that are on, two calls with fixed tables (FILTER_*_WEIGHTS, part of the
-format, not fitted, not adapted).  Coding order inside a fresh group: its pass-2 modes, its pass-3 modes grouped by context, its
+format, not fitted, not adapted).
+
+Coding order inside a fresh group: its pass-2 modes, its pass-3 modes grouped by context, its
 indices pass by pass (grouped by key = stage * (2K + 1) + context, ascending), then its
 coefficients as below.  Inside a later group: its static flag, then (when 0) its refresh flag
 (when 1, the rest is a fresh group's), then (when 0) pass A's vertical vector components grouped
@@ -796,19 +798,13 @@ class EntropyCoder:
         """_code_filter's inverse: each plane's filter (classes, width)."""
         shapes = postfilter.PLANES
         flags = dec.decode(self._filter_models[0], sum(s.classes for s in shapes)).astype(bool)
-        out, at = [], 0
-        on = []
-        for s in shapes:
-            on.append(flags[at:at + s.classes])
-            at += s.classes
-        values = dec.decode(self._filter_models[1], sum(int(o.sum()) * s.width for o, s in zip(on, shapes)))
-        values = values.astype(np.int64) - postfilter.WEIGHT_MAX
-        at = 0
-        for o, s in zip(on, shapes):
+        on = np.split(flags, np.cumsum([s.classes for s in shapes])[:-1])
+        sizes = [int(o.sum()) * s.width for o, s in zip(on, shapes)]
+        values = dec.decode(self._filter_models[1], sum(sizes)).astype(np.int64) - postfilter.WEIGHT_MAX
+        out = []
+        for o, s, v in zip(on, shapes, np.split(values, np.cumsum(sizes)[:-1])):
             w = np.zeros((s.classes, s.width), dtype=np.int64)
-            n = int(o.sum()) * s.width
-            w[o] = values[at:at + n].reshape(-1, s.width)
-            at += n
+            w[o] = v.reshape(-1, s.width)
             out.append(w)
         return tuple(out)
 

@@ -21,8 +21,9 @@ Classes (the pixel's own neighbourhood, on the decoded plane): activity a = the 
 |2p - above - below| + |2p - left - right| (on the plane with its edges repeated 2 pixels out),
 bucketed by ACTIVITY_EDGES into 0..6; luma also a direction (`classify`): none, vertical,
 horizontal or one of the two diagonals, from the 3 x 3 sums of the Laplacians along each:
-class 5 a + direction (35 classes); chroma class a (7; directions there measured +0.4 %).  The encoder keeps a class's filter only where the squared error
-it removes outweighs lambda times its bits (`fit`); a class left off codes one flag.
+class 5 a + direction (35 classes); chroma class a (7; directions there measured +0.4 %).  The
+encoder keeps a class's filter only where the squared error it removes outweighs lambda times
+its bits (`Fit.solve`); a class left off codes one flag.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ SCALE = 128               # weights in 1/SCALE
 BIAS_SCALE = 4            # biases in 1/BIAS_SCALE of a level
 FIT_SAMPLES = 1 << 15     # the encoder fits on about this many luma pixels of each group (chroma alike)
 HELD = 1 << 24            # neighbourhood values held before they are classified (16 MB)
+BLOCK = 1 << 16           # samples summed in float32 at once
 
 
 def _diamond(r: int) -> tuple[tuple[int, int], ...]:
@@ -184,6 +186,14 @@ class Fit:
         if sum(s.numel() for s, _ in self.samples[plane]) >= HELD:  # bounded memory: classify what is held
             self._accumulate(plane)
 
+    def add_group(self, src: tuple[torch.Tensor, ...], dec: tuple[torch.Tensor, ...], width: int, height: int) -> None:
+        """One temporal group: source and decoded planes (T, Hp, Wp), (T, Hp/2, Wp/2) x 2 in [0, 1]
+        (padded, the codec's), cropped to the picture (width x height) as the decoder outputs it."""
+        step = fit_step(width, height, len(src[0]))
+        for plane, (s, d) in enumerate(zip(src, dec)):
+            h, w = (height, width) if plane == 0 else ((height + 1) // 2, (width + 1) // 2)
+            self.add(s[:, :h, :w].mul(255.0).round_(), d[:, :h, :w].mul(255.0).round_(), plane, step)
+
     @torch.no_grad()
     def _accumulate(self, *planes: int) -> None:
         """Classify the samples held (of `planes`, or of all) and add them to the statistics."""
@@ -203,14 +213,13 @@ class Fit:
             order = torch.argsort(cls)
             counts = torch.bincount(cls, minlength=shape.classes).tolist()
             xs, ys = x[order], y[order]
-            start = 0
-            for c, n in enumerate(counts):
-                if n:  # float32 products of integers below 2**19 summed in blocks, then in float64
-                    for at in range(start, start + n, 1 << 16):
-                        xc, yc = xs[at:min(at + (1 << 16), start + n)], ys[at:min(at + (1 << 16), start + n)]
-                        self.gram[plane][c] += (xc.t() @ xc).double().cpu().numpy()
-                        self.cross[plane][c] += (xc.t() @ yc).double().cpu().numpy()
-                start += n
+            # float32 products of integers below 2**19, summed in blocks of a class's samples, then in float64
+            ends = np.cumsum(counts)
+            for c, (start, end) in enumerate(zip(ends - counts, ends)):
+                for at in range(start, end, BLOCK):
+                    xc, yc = xs[at:min(at + BLOCK, end)], ys[at:min(at + BLOCK, end)]
+                    self.gram[plane][c] += (xc.t() @ xc).double().cpu().numpy()
+                    self.cross[plane][c] += (xc.t() @ yc).double().cpu().numpy()
 
     def solve(self, lam: float, bits: Callable[[np.ndarray], float]) -> tuple[np.ndarray, ...]:
         """Each plane's filter (classes, width) of integers: per class the least-squares weights,
@@ -237,15 +246,6 @@ class Fit:
                     wts[c] = q.astype(np.int64)
             out.append(wts)
         return tuple(out)
-
-
-    def add_group(self, src: tuple[torch.Tensor, ...], dec: tuple[torch.Tensor, ...], width: int, height: int) -> None:
-        """One temporal group: source and decoded planes (T, Hp, Wp), (T, Hp/2, Wp/2) x 2 in [0, 1]
-        (padded, the codec's), cropped to the picture (width x height) as the decoder outputs it."""
-        step = fit_step(width, height, len(src[0]))
-        for plane, (s, d) in enumerate(zip(src, dec)):
-            h, w = (height, width) if plane == 0 else ((height + 1) // 2, (width + 1) // 2)
-            self.add(s[:, :h, :w].mul(255.0).round_(), d[:, :h, :w].mul(255.0).round_(), plane, step)
 
 
 def filter_frames(frames: list, filt: tuple | None) -> list:
