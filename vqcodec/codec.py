@@ -231,10 +231,12 @@ class SegmentCoder:
             return torch.where(a == 0, 0.3, 2.5 + 2 * torch.log2(a.clamp(min=1))).sum(1)
         table = self._coef_bits[quality - 1, kind]  # (P, contexts, symbols)
         contexts, width = table.shape[1:]
-        nz = (c != 0).long()
-        ctx = 4 * hist[:, None] + self._bucket[(nz.cumsum(1) - nz).clamp_(max=4)]
-        ctx += torch.arange(c.shape[1], device=c.device) * contexts  # each position's own rows
-        return table.take(ctx.mul_(width).add_(c).add_(COEF_MAX)).sum(1)
+        nz = (c != 0).int()
+        before = nz.cumsum(1, dtype=torch.int32).sub_(nz).clamp_(max=4)  # non-zeros before each position
+        # the flat index of (position, 4 * history + bucket, COEF_MAX + value), summed in int64
+        at = (self._bucket * width)[before.long()]
+        at += (4 * width) * hist[:, None] + (torch.arange(c.shape[1], device=c.device) * contexts * width + COEF_MAX)
+        return table.take(at.add_(c)).sum(1)
 
     # -- reconstruction --------------------------------------------------------------------------
     def rebuild(self, z_vq: torch.Tensor, z_pred: torch.Tensor | None, modes: torch.Tensor,
