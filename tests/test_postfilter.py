@@ -6,18 +6,22 @@ from vqcodec import postfilter
 from vqcodec.postfilter import ACTIVITY_EDGES, PLANES, SCALE, BIAS_SCALE, WEIGHT_MAX, Fit, apply, classify, filter_frames
 
 
-def reference(p: np.ndarray, weights: np.ndarray, plane: int) -> np.ndarray:
-    """The module docstring's filter, pixel by pixel in Python integers (one frame)."""
-    shape = PLANES[plane]
+def _at(p: np.ndarray):
     H, W = p.shape
-    at = lambda y, x: int(p[min(max(y, 0), H - 1), min(max(x, 0), W - 1)])
+    return lambda y, x: int(p[min(max(y, 0), H - 1), min(max(x, 0), W - 1)])
+
+
+def reference_classes(p: np.ndarray, plane: int) -> np.ndarray:
+    """The module docstring's classes, pixel by pixel in Python integers (one frame)."""
+    shape, at = PLANES[plane], _at(p)
+    H, W = p.shape
 
     def lap(y, x):  # the Laplacians of the plane with its edges repeated: |, -, \\, /
         c = 2 * at(y, x)
         return (abs(c - at(y - 1, x) - at(y + 1, x)), abs(c - at(y, x - 1) - at(y, x + 1)),
                 abs(c - at(y - 1, x - 1) - at(y + 1, x + 1)), abs(c - at(y - 1, x + 1) - at(y + 1, x - 1)))
 
-    out = np.empty_like(p)
+    out = np.empty(p.shape, dtype=np.int64)
     for y in range(H):
         for x in range(W):
             v = h = d0 = d1 = 0
@@ -31,13 +35,35 @@ def reference(p: np.ndarray, weights: np.ndarray, plane: int) -> np.ndarray:
                 direction = (1 if v > h else 2) if max(v, h) > 2 * min(v, h) else 0
             else:
                 direction = (3 if d0 > d1 else 4) if max(d0, d1) > 2 * min(d0, d1) else 0
-            cls = act if shape.directions == 1 else shape.directions * act + direction
-            w = weights[cls]
+            out[y, x] = act if shape.directions == 1 else shape.directions * act + direction
+    return out
+
+
+def reference(p: np.ndarray, weights: np.ndarray, plane: int) -> np.ndarray:
+    """The module docstring's filter, pixel by pixel in Python integers (one frame)."""
+    shape, at = PLANES[plane], _at(p)
+    classes = reference_classes(p, plane)
+    out = np.empty_like(p)
+    for y in range(p.shape[0]):
+        for x in range(p.shape[1]):
+            w = weights[classes[y, x]]
             s = sum(int(wk) * (at(y + dy, x + dx) + at(y - dy, x - dx) - 2 * at(y, x))
                     for wk, (dy, dx) in zip(w[:-1], shape.pairs))
             s += SCALE // BIAS_SCALE * int(w[-1]) + SCALE // 2
             out[y, x] = min(255, max(0, at(y, x) + s // SCALE))
     return out
+
+
+def test_classes_are_the_formula_where_the_laplacians_are_largest():
+    """0 / 255 pictures give the largest sums (9 x 510 each; classify holds them in 16 bits)."""
+    rng = np.random.default_rng(1)
+    checker = np.indices((8, 9)).sum(0) % 2 * 255
+    for p in (checker, rng.integers(0, 2, (10, 12)) * 255, rng.integers(0, 256, (7, 13))):
+        for plane in (0, 1):
+            got = classify(torch.from_numpy(p).float()[None], PLANES[plane])[0].numpy()
+            assert np.array_equal(got, reference_classes(p, plane))
+    assert classify(torch.from_numpy(checker).float()[None], PLANES[0]).max() // PLANES[0].directions \
+        == len(ACTIVITY_EDGES)
 
 
 def test_the_filter_is_exactly_the_formula_at_every_pixel_edges_and_extremes_included():
