@@ -99,7 +99,7 @@ def _classes(q: torch.Tensor, shape: PlaneShape) -> torch.Tensor:
     whose larger to smaller ratio is the greater ((v, h) on a tie), then 0 unless its larger is
     more than twice its smaller, else 1 / 2 (v / h the larger) or 3 / 4 (d0 / d1).  In integers
     (16-bit: a sum is at most 9 x 510 and v + h at most 9,180; the ratios' products 32-bit):
-    every device classifies alike, and 16-bit planes take a third of the time of 32-bit ones."""
+    every device classifies alike, in about half the time 32-bit planes take."""
     c2 = 2 * q[:, 1:-1, 1:-1]
 
     def lap(a, b):  # |2p - a - b| over the ring inside the border, then 3 x 3 sums
@@ -119,9 +119,8 @@ def _classes(q: torch.Tensor, shape: PlaneShape) -> torch.Tensor:
     d1 = lap(q[:, :-2, 2:], q[:, 2:, :-2])
     hv_hi, hv_lo, d_hi, d_lo = torch.maximum(v, h), torch.minimum(v, h), torch.maximum(d0, d1), torch.minimum(d0, d1)
     straight = hv_hi.int() * d_lo.int() >= d_hi.int() * hv_lo.int()
-    one = torch.ones((), dtype=act.dtype, device=act.device)
-    hv = (hv_hi > 2 * hv_lo) * torch.where(v > h, one, 2 * one)  # 0 (no direction), 1 vertical, 2 horizontal
-    diag = (d_hi > 2 * d_lo) * torch.where(d0 > d1, 3 * one, 4 * one)  # 0, 3, 4
+    hv = (hv_hi > 2 * hv_lo) * (1 + (v <= h).to(act.dtype))  # 0 (no direction), 1 vertical, 2 horizontal
+    diag = (d_hi > 2 * d_lo) * (3 + (d0 <= d1).to(act.dtype))  # 0, 3, 4
     return act * DIRECTIONS + torch.where(straight, hv, diag)
 
 
