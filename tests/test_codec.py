@@ -172,7 +172,7 @@ def test_damage_is_found_inside_a_memory_mapped_file(tmp_path, carphone, model):
 # -- temporal coding, rate control, stills (issue 6) ------------------------------------------------
 def test_the_decoder_rebuilds_exactly_what_the_encoder_predicted_from(make_clip, model):
     from vqcodec import motion
-    from vqcodec.codec import SegmentCoder, step_for_quality
+    from vqcodec.codec import SegmentCoder
     from vqcodec.entropy import fresh_modes
     frames = list(read_frames(make_clip(96, 64, 8)))
     # a camera pan: every frame the picture moves 4 pixels left
@@ -186,10 +186,9 @@ def test_the_decoder_rebuilds_exactly_what_the_encoder_predicted_from(make_clip,
     words = coder.coder.encode(sym)
     G = sym.indices.shape[0]
     decoded = list(coder.coder.decode_groups(words, G, sym.indices.shape[1:], sym.vectors.shape[1:], 5))
-    step = step_for_quality(5)
     ours = list(coder.reconstruct(((sym.indices[g], fresh_modes(sym.modes[g]) if sym.fresh[g] else sym.modes[g],
-                                    sym.vectors[g], sym.coefs[g], sym.fresh[g]) for g in range(G)), step))
-    theirs = list(coder.reconstruct(decoded, step))
+                                    sym.vectors[g], sym.coefs[g], sym.fresh[g]) for g in range(G)), 5))
+    theirs = list(coder.reconstruct(decoded, 5))
     assert all(torch.equal(a[0], b[0]) and all(torch.equal(p, q) for p, q in zip(a[1], b[1]))
                for a, b in zip(ours, theirs))
     assert len(latents) == len(theirs) and all(torch.equal(z, b[0]) for z, b in zip(latents, theirs))
@@ -201,7 +200,7 @@ def test_the_decoder_rebuilds_exactly_what_the_encoder_predicted_from(make_clip,
 
 def test_a_scene_cut_is_coded_afresh_and_decodes_exactly(carphone_frames, model):
     from vqcodec import motion
-    from vqcodec.codec import SegmentCoder, step_for_quality
+    from vqcodec.codec import SegmentCoder
     from vqcodec.entropy import INTRA
     flip = lambda f: type(f)(f.y[::-1, ::-1].copy(), f.u[::-1, ::-1].copy(), f.v[::-1, ::-1].copy())
     frames = carphone_frames[:6] + [flip(f) for f in carphone_frames[6:12]]  # a cut after frame 5
@@ -213,7 +212,7 @@ def test_a_scene_cut_is_coded_afresh_and_decodes_exactly(carphone_frames, model)
     assert (sym.modes[1:3] != INTRA).mean() > 0.5 and (sym.modes[4:] != INTRA).mean() > 0.5
     G = len(sym.indices)
     decoded = coder.coder.decode_groups(coder.coder.encode(sym), G, sym.indices.shape[1:], sym.vectors.shape[1:], 4)
-    theirs = list(coder.reconstruct(decoded, step_for_quality(4)))
+    theirs = list(coder.reconstruct(decoded, 4))
     assert all(torch.equal(z, b[0]) for z, b in zip(latents, theirs))
 
 def test_a_static_scene_costs_almost_nothing_after_its_first_group(tmp_path, carphone_frames, model):
@@ -295,7 +294,7 @@ def test_a_segment_whose_depth_does_not_match_its_quality_is_refused(tmp_path, c
 
 
 def test_a_first_group_predicts_tokens_from_their_neighbours_and_decodes_exactly(carphone_frames, model):
-    from vqcodec.codec import SegmentCoder, step_for_quality
+    from vqcodec.codec import SegmentCoder
     from vqcodec.entropy import INTRA, first_passes
     coder = SegmentCoder(model, "cpu")
     frames = carphone_frames[:4]
@@ -306,12 +305,12 @@ def test_a_first_group_predicts_tokens_from_their_neighbours_and_decodes_exactly
     assert (first != INTRA).mean() > 0.2  # a real picture: many tokens are their neighbours' mean, or near it
     decoded = coder.coder.decode_groups(coder.coder.encode(sym), len(sym.indices), sym.indices.shape[1:],
                                         sym.vectors.shape[1:], 2)
-    theirs = list(coder.reconstruct(decoded, step_for_quality(2)))
+    theirs = list(coder.reconstruct(decoded, 2))
     assert all(torch.equal(z, b[0]) for z, b in zip(latents, theirs))
 
 
 def test_later_intra_tokens_predict_from_their_neighbours_and_decode_exactly(carphone_frames, model):
-    from vqcodec.codec import SegmentCoder, step_for_quality
+    from vqcodec.codec import SegmentCoder
     from vqcodec.entropy import INTRA, NEAR_INTER, NEAR_SKIP, first_passes
     # new content enters a third of the picture from frame 4 on (too little for a refresh)
     def enter(f):
@@ -330,7 +329,7 @@ def test_later_intra_tokens_predict_from_their_neighbours_and_decode_exactly(car
     assert not (near & (first_passes(*later.shape) == 0)).any()
     decoded = coder.coder.decode_groups(coder.coder.encode(sym), len(sym.indices), sym.indices.shape[1:],
                                         sym.vectors.shape[1:], 3)
-    theirs = list(coder.reconstruct(decoded, step_for_quality(3)))
+    theirs = list(coder.reconstruct(decoded, 3))
     assert all(torch.equal(z, b[0]) for z, b in zip(latents, theirs))
 
 

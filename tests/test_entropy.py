@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -6,7 +8,7 @@ from vqcodec.entropy import (MV_B, FLAG_BLOCK, COEF_CONTEXTS, COEF_MAX, COEF_SYM
                              block_contexts, first_index_keys, first_neighbours, first_passes, first_refs,
                              fresh_mode_contexts, fresh_modes, MODE_SPATIAL, MODE_NEAR, NEAR_INTER, NEAR_SKIP,
                              coef_kinds, main_modes, near_contexts, near_places, fit_tables, skipped_blocks, history, mode_contexts_a, mode_contexts_b, new_counts,
-                             parity, quantise_rows, mv_neighbours, mv_pass_b, mv_symbols)
+                             parity, quantise_rows, mv_neighbours, mv_pass_b, mv_symbols, group_quality)
 from vqcodec import postfilter
 from vqcodec.motion import RANGE, SIDE, VECTORS, ZERO, grid_shape
 
@@ -293,13 +295,35 @@ def test_a_fresh_later_group_is_coded_as_a_first_group(coder):
     sym = moving(600, groups=5)
     sym.fresh[3] = True  # a scene cut
     check_round_trip(coder, sym)
-    cut = sym.groups
-    refresh = coder.estimate_bits(cut(0, 4)) - coder.estimate_bits(cut(0, 3))
+    # a refresh codes at the quality of the groups around it (the quality below the segment's):
+    # as a segment's first group at that quality
+    cut = lambda a, b: dataclasses.replace(sym.groups(a, b), quality=group_quality(sym.quality, False))
+    whole = lambda a, b: sym.groups(a, b) if a == 0 else cut(a, b)
+    refresh = coder.estimate_bits(whole(0, 4)) - coder.estimate_bits(whole(0, 3))
     filter_off = sum(s.classes for s in postfilter.PLANES)  # a segment opens with its filter's flags, 1 bit each
     assert abs(refresh - (coder.estimate_bits(cut(3, 4)) - filter_off)) < 8  # the same bits, and two flags
     # the groups after it are predicted from it as after a segment's first group
-    assert abs((coder.estimate_bits(sym) - coder.estimate_bits(cut(0, 4))) - (coder.estimate_bits(cut(3, 5))
+    assert abs((coder.estimate_bits(sym) - coder.estimate_bits(whole(0, 4))) - (coder.estimate_bits(cut(3, 5))
                                                                              - coder.estimate_bits(cut(3, 4)))) < 8
+
+
+def test_later_groups_code_their_coefficients_at_the_next_quality_down(coder):
+    assert [group_quality(q, True) for q in (1, 2, 8)] == [1, 2, 8]
+    assert [group_quality(q, False) for q in (1, 2, 8)] == [1, 1, 7]
+    sym = moving(650, groups=5, quality=3)
+    sym.fresh[3] = True  # a refresh too codes at the quality below: only the segment's first group does not
+    counts = count_symbols(sym, K, qualities=QUALITIES)[3].reshape(QUALITIES, -1)
+    coded = [int((coef_kinds(fresh_modes(m) if f else m, m.shape) >= 0).sum()) * P for m, f in zip(sym.modes, sym.fresh)]
+    assert counts.sum(1).tolist() == [0, sum(coded[1:]), coded[0]]
+    check_round_trip(coder, sym)
+    # the coder reads a later group's coefficients from the tables of the quality below: with quality
+    # 3's tables replaced by quality 2's, the first group costs something else, groups 1 and 2 the same
+    other = EntropyCoder(coder.tables, coder.mode_tables, coder.mv_tables, coder.coef_tables[[0, 1, 1]],
+                         coder.flag_tables)
+    first, three = sym.groups(0, 1), sym.groups(0, 3)
+    assert other.estimate_bits(first) != coder.estimate_bits(first)
+    assert other.estimate_bits(three) - other.estimate_bits(first) == pytest.approx(
+        coder.estimate_bits(three) - coder.estimate_bits(first))
 
 
 def test_a_later_group_all_intra_is_not_a_refresh_unless_marked(coder):

@@ -25,7 +25,7 @@ from . import bitstream as bs
 from . import motion, postfilter
 from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEAR_INTER,
                       NEAR_SKIP, NEVER, NNZ_BUCKET, SKIP, EntropyCoder, Symbols, first_index_keys, first_neighbours,
-                      first_passes, first_refs, fresh_mode_contexts, index_rows, mv_neighbours, mv_pass_b, near_contexts)
+                      first_passes, first_refs, fresh_mode_contexts, group_quality, index_rows, mv_neighbours, mv_pass_b, near_contexts)
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis
@@ -331,8 +331,7 @@ class SegmentCoder:
         With the picture's `size` (width, height), also the output filter that brings the decoded
         pictures closest to the source (postfilter.py)."""
         q = self.net.quantizer
-        stages, step = stages_for_quality(quality, self.cfg.stages), step_for_quality(quality)
-        lam = LAMBDA * step * step
+        stages = stages_for_quality(quality, self.cfg.stages)
         still = torch.full(motion.grid_shape(*shape), motion.ZERO, dtype=torch.long, device=self.device)
         out_idx, out_mode, out_mv, out_coef, out_fresh = [], [], [], [], []
         z_prev = ref = moved = z_src = prev_mv = prev_changed = hist = recon = src = None
@@ -345,8 +344,14 @@ class SegmentCoder:
             src = planes
             idx = q.encode(z, stages)
             z_vq = q.decode(idx)
+            first = z_prev is None
+            mv, fresh = still, first
+            # every group after the first (a refresh too) takes the step, the lambda and the
+            # coefficient tables of the next quality down
+            gq = group_quality(quality, first)
+            step = step_for_quality(gq)
+            lam = LAMBDA * step * step
             c_intra = scalar_quantise((z - z_vq) @ self.basis.t(), step, COEF_MAX, DEADZONE)
-            mv, fresh = still, z_prev is None
             if not fresh:
                 d_intra = ((z - self.rebuild(z_vq, None, None, c_intra, step)) ** 2).sum(1)
                 still_tok = ((z - z_src) ** 2).sum(1) <= STILL * d_intra
@@ -355,9 +360,9 @@ class SegmentCoder:
                 z_inter = z_base + (c_inter.float() * step) @ self.basis
                 d_skip = ((z - z_base) ** 2).sum(1)
                 costs = torch.stack([
-                    d_intra + lam * (self._index_rate(idx, ref) + self._coef_rate(c_intra, 0, quality, hist)),
+                    d_intra + lam * (self._index_rate(idx, ref) + self._coef_rate(c_intra, 0, gq, hist)),
                     d_skip,
-                    ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, quality, hist)])
+                    ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, gq, hist)])
                 main_bits = torch.zeros_like(costs)
                 if self._mode_bits is not None:  # the modes' own bits, in their pass-A contexts
                     main_bits = lam * self._mode_bits[self._mode_context(moved, shape)].t()
@@ -369,14 +374,14 @@ class SegmentCoder:
                 fresh = float((best == INTRA).float().mean()) > REFRESH  # a new scene: code it afresh
             if fresh:  # a first group, or a refresh: spatial prediction only, every context afresh
                 mv, prev_mv, moved, prev_changed = still, None, None, None
-                mode, coefs, z_prev, ref = self._decide_fresh(z, idx, z_vq, c_intra, quality, shape)
+                mode, coefs, z_prev, ref = self._decide_fresh(z, idx, z_vq, c_intra, gq, shape)
                 hist = self.history(coefs)
             else:
                 prev_mv = mv
                 coefs = torch.where((best == INTRA)[:, None], c_intra,
                                     torch.where((best == INTER)[:, None], c_inter, 0))
                 mode, coefs, z_prev = self._decide_near(z, z_base, z_vq, best, coefs, costs.gather(0, best[None])[0],
-                                                         main_bits[INTRA], quality, shape, hist)
+                                                         main_bits[INTRA], gq, shape, hist)
                 intra = mode == INTRA
                 ref[:, intra] = idx[:, intra]
                 moved = mode != SKIP
@@ -393,7 +398,7 @@ class SegmentCoder:
         filt = None
         if fit is not None and z_prev is not None:
             fit.add_group(src, self.planes(z_prev, shape), *size)
-            filt = fit.solve(lam, self.coder.filter_bits)
+            filt = fit.solve(LAMBDA * step_for_quality(quality) ** 2, self.coder.filter_bits)
         return Symbols(torch.stack(out_idx).numpy(), torch.stack(out_mode).numpy(), torch.stack(out_mv).numpy(),
                        torch.stack(out_coef).numpy(), quality, np.array(out_fresh, dtype=bool), filt)
 
@@ -542,17 +547,19 @@ class SegmentCoder:
 
     @torch.no_grad()
     def reconstruct(self, decoded: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, bool]],
-                    step: float) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+                    quality: int) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
         """The decoder's side of decide: (indices, modes, vectors, coefficients, fresh) per group
-        (entropy.EntropyCoder.decode_groups) -> (latent tokens, decoded planes) per group."""
+        (entropy.EntropyCoder.decode_groups) of a segment at `quality` -> (latent tokens, decoded
+        planes) per group."""
         q = self.net.quantizer
         z_prev = planes = None
-        for g, modes, mv, coefs, fresh in decoded:
+        for gi, (g, modes, mv, coefs, fresh) in enumerate(decoded):
             S, h, w = g.shape
             idx = torch.from_numpy(g.reshape(S, -1)).to(self.device)
             c = torch.from_numpy(coefs.reshape(h * w, -1)).to(self.device)
             m = torch.from_numpy(modes.reshape(-1)).to(self.device)
             z_vq = q.decode(idx)
+            step = step_for_quality(group_quality(quality, gi == 0))
             if fresh:
                 z = self.rebuild(z_vq, None, None, c, step)
                 for p in (1, 2):
@@ -624,7 +631,7 @@ class SegmentCoder:
         frames: list[Frame] = []
         try:
             filt, decoded = self.coder.decode_segment(words, groups, (stages, h, w), motion.grid_shape(h, w), quality)
-            for _, planes in self.reconstruct(decoded, step_for_quality(quality)):
+            for _, planes in self.reconstruct(decoded, quality):
                 frames += postfilter.filter_frames(to_frames(*(p[None] for p in planes), header.width, header.height,
                                                              min(count - len(frames), self.cfg.frames)), filt)
         except (ValueError, RuntimeError, AssertionError) as exc:

@@ -59,7 +59,7 @@ Contexts (all discrete, all from data the decoder already has):
     neighbour: the left one in pass 2, the one above in pass 3), where a neighbour that is not
     intra stands for its own first neighbour's index (first_refs);  that index also keys the
     token's indices in the later groups until it codes intra;
-  - coefficients: (quality, position in coding order, kind: 0 intra / 1 inter, context
+  - coefficients: (the group's quality (group_quality), position in coding order, kind: 0 intra / 1 inter, context
     4 * h + n) with h the token's history: how many non-zero coefficients it had the last time
     it was coded in this segment (0, 1-2, 3-7, 8 or more; 0 too when it was SKIP in a fresh
     group; 4 = never: in a fresh group), and n the number of non-zero coefficients at its
@@ -109,6 +109,20 @@ import constriction
 
 from . import postfilter
 from .motion import BLOCK, RANGE, SIDE, ZERO
+
+# A segment codes its first group at its own quality and every group after it (a refresh too) at
+# the next quality down (format 11): the step 1.5x coarser and that quality's coefficient tables.
+# Every later group is predicted, directly or not, from the first, so bits spent there go further
+# (as the QP offsets of the P frames after an I frame do in classic codecs); a refresh coded at the
+# segment's quality measured worse (BENCHMARKS.md).
+LATER_QUALITY_DROP = 1
+
+
+def group_quality(quality: int, first: bool) -> int:
+    """The quality whose step and coefficient tables a group of a segment at `quality` codes with
+    (`first`: the segment's first group)."""
+    return quality if first else max(quality - LATER_QUALITY_DROP, 1)
+
 
 PRECISION = 16
 INTRA, SKIP, INTER = 0, 1, 2
@@ -760,10 +774,11 @@ class EntropyCoder:
         return self._code_segment(None, sym)
 
     def _code_segment(self, enc, sym: Symbols) -> float:
-        offset = self._check_quality(sym.quality)
+        self._check_quality(sym.quality)
         state = _Adaptive(self)
         bits = self._code_filter(enc, sym.filter)
-        for keys, passes, side, g, kinds, hist, coefs in _walk(sym, self.codes):
+        for gi, (keys, passes, side, g, kinds, hist, coefs) in enumerate(_walk(sym, self.codes)):
+            offset = self._check_quality(group_quality(sym.quality, gi == 0))
             for kind, k, s in side:
                 bits += self._code_runs(enc, state, kind, k, s)
                 if kind == "flag" and k[0] == FLAG_REFRESH and s[0]:
@@ -829,9 +844,9 @@ class EntropyCoder:
                        mv_shape: tuple[int, int], quality: int):
         """A segment's words -> (its output filter (per plane (classes, width)), an iterator of its
         groups (decode_groups))."""
-        offset = self._check_quality(quality)
+        self._check_quality(quality)
         dec = constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32))
-        return self._decode_filter(dec), self._groups(dec, offset, n_groups, shape, mv_shape)
+        return self._decode_filter(dec), self._groups(dec, quality, n_groups, shape, mv_shape)
 
     def decode_groups(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
                       mv_shape: tuple[int, int], quality: int):
@@ -840,7 +855,7 @@ class EntropyCoder:
         by one group whatever n_groups is."""
         return self.decode_segment(words, n_groups, shape, mv_shape, quality)[1]
 
-    def _groups(self, dec, offset: int, n_groups: int, shape: tuple[int, int, int], mv_shape: tuple[int, int]):
+    def _groups(self, dec, quality: int, n_groups: int, shape: tuple[int, int, int], mv_shape: tuple[int, int]):
         D, h, w = shape
         P = self.positions
         odd = parity(h, w)
@@ -848,7 +863,7 @@ class EntropyCoder:
         prev_static = 2
         hist = np.full(h * w, NEVER, dtype=np.int64)
         state = _Adaptive(self)
-        for _ in range(n_groups):
+        for gi in range(n_groups):
             if ref is not None and self._decode_runs(dec, state, "flag", np.array([prev_static]))[0]:
                 prev_static = 0
                 modes = np.full((h, w), SKIP, dtype=np.int64)
@@ -896,6 +911,7 @@ class EntropyCoder:
                 g[coded] = self._decode_runs(dec, state, "index", keys[coded])
             kinds = coef_kinds(modes, (h, w)).reshape(-1)
             sel = kinds >= 0
+            offset = self._check_quality(group_quality(quality, gi == 0))
             coefs = self._decode_coefs(dec, state, offset, kinds, hist, odd)
             c = coefs[sel]
             if fresh:
@@ -930,7 +946,7 @@ def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None =
     ci, cm, cv, cc, cs = counts
     rows = index_rows(codes)
     per_quality = cc[0].size // COEF_SYMBOLS
-    for keys, _, side, g, kinds, hist, coefs in _walk(sym, codes):
+    for gi, (keys, _, side, g, kinds, hist, coefs) in enumerate(_walk(sym, codes)):
         for kind, k, s in side:
             c = {"mode": cm, "mv": cv, "flag": cs}[kind]
             c += np.bincount(k * c.shape[1] + s, minlength=c.size).reshape(c.shape)
@@ -940,7 +956,7 @@ def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None =
         if sel.any():
             c = coefs[sel].astype(np.int64)
             k = coef_keys(kinds[sel], coef_contexts(coefs, kinds, hist)) * COEF_SYMBOLS + c + COEF_MAX
-            cc[sym.quality - 1] += np.bincount(k.reshape(-1), minlength=per_quality * COEF_SYMBOLS
+            cc[group_quality(sym.quality, gi == 0) - 1] += np.bincount(k.reshape(-1), minlength=per_quality * COEF_SYMBOLS
                                                ).reshape(cc.shape[1:])
     return ci, cm, cv, cc, cs
 
