@@ -59,9 +59,9 @@ Contexts (all discrete, all from data the decoder already has):
     neighbour: the left one in pass 2, the one above in pass 3), where a neighbour that is not
     intra stands for its own first neighbour's index (first_refs);  that index also keys the
     token's indices in the later groups until it codes intra;
-  - coefficients: (the group's quality (group_quality), position in coding order, kind: 0 intra / 1 inter, context
-    4 * h + n) with h the token's history: how many non-zero coefficients it had the last time
-    it was coded in this segment (0, 1-2, 3-7, 8 or more; 0 too when it was SKIP in a fresh
+  - coefficients: (the group's quality (group_quality), position in coding order, kind: 0 intra /
+    1 inter, context 4 * h + n) with h the token's history: how many non-zero coefficients it had
+    the last time it was coded in this segment (0, 1-2, 3-7, 8 or more; 0 too when it was SKIP in a fresh
     group; 4 = never: in a fresh group), and n the number of non-zero coefficients at its
     earlier positions now (0, 1, 2-3, 4 or more); times NEAR_LEVELS, plus its neighbours' part
     (near_a, near_b): coefficients are coded position by position, at each position the tokens of
