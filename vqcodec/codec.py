@@ -25,7 +25,8 @@ from . import bitstream as bs
 from . import motion, postfilter
 from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEAR_INTER,
                       NEAR_SKIP, NEVER, NNZ_BUCKET, SKIP, EntropyCoder, Symbols, first_index_keys, first_neighbours,
-                      first_passes, first_refs, fresh_mode_contexts, group_quality, index_rows, mv_neighbours, mv_pass_b, near_contexts)
+                      first_passes, first_refs, fresh_mode_contexts, group_quality, index_rows, mv_neighbours, mv_pass_b,
+                      near_contexts)
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis

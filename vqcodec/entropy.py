@@ -61,8 +61,8 @@ Contexts (all discrete, all from data the decoder already has):
     token's indices in the later groups until it codes intra;
   - coefficients: (the group's quality (group_quality), position in coding order, kind: 0 intra /
     1 inter, context 4 * h + n) with h the token's history: how many non-zero coefficients it had
-    the last time it was coded in this segment (0, 1-2, 3-7, 8 or more; 0 too when it was SKIP in a fresh
-    group; 4 = never: in a fresh group), and n the number of non-zero coefficients at its
+    the last time it was coded in this segment (0, 1-2, 3-7, 8 or more; 0 too when it was SKIP in
+    a fresh group; 4 = never: in a fresh group), and n the number of non-zero coefficients at its
     earlier positions now (0, 1, 2-3, 4 or more); times NEAR_LEVELS, plus its neighbours' part
     (near_a, near_b): coefficients are coded position by position, at each position the tokens of
     pass A ((i + j) even) before those of pass B, so a pass-A token is keyed by its four
@@ -202,7 +202,8 @@ class Symbols:
             raise ValueError("a segment's first group is always fresh")
 
     def groups(self, a: int, b: int) -> "Symbols":
-        """Groups a..b-1 as a segment of their own (group a becomes its first)."""
+        """Groups a..b-1 as a segment of their own (group a becomes its first, so, from a > 0, its
+        coefficients are read at the segment's quality rather than the one below: group_quality)."""
         fresh = self.fresh[a:b].copy()
         fresh[:1] = True
         return Symbols(self.indices[a:b], self.modes[a:b], self.vectors[a:b], self.coefs[a:b], self.quality, fresh)
@@ -956,8 +957,8 @@ def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None =
         if sel.any():
             c = coefs[sel].astype(np.int64)
             k = coef_keys(kinds[sel], coef_contexts(coefs, kinds, hist)) * COEF_SYMBOLS + c + COEF_MAX
-            cc[group_quality(sym.quality, gi == 0) - 1] += np.bincount(k.reshape(-1), minlength=per_quality * COEF_SYMBOLS
-                                               ).reshape(cc.shape[1:])
+            cc[group_quality(sym.quality, gi == 0) - 1] += np.bincount(
+                k.reshape(-1), minlength=per_quality * COEF_SYMBOLS).reshape(cc.shape[1:])
     return ci, cm, cv, cc, cs
 
 
