@@ -198,6 +198,23 @@ def test_the_decoder_rebuilds_exactly_what_the_encoder_predicted_from(make_clip,
 
 
 
+def test_a_moving_blocks_prediction_decodes_to_the_predicted_picture(carphone_frames, model):
+    from vqcodec import motion
+    from vqcodec.codec import SegmentCoder
+    coder = SegmentCoder(model, "cpu")
+    shape = coder.grid(carphone_frames)
+    (z0, planes0), (_, planes1) = list(coder.analyse(carphone_frames[:4]))
+    mv = torch.full(motion.grid_shape(*shape), motion.symbol(torch.tensor(3), torch.tensor(-5)), dtype=torch.long)
+    pred = motion.predict(planes0, mv, coder.cfg.patch)
+    with torch.no_grad():
+        err = [sum(float(((a - b) ** 2).mean()) for a, b in
+                   zip(coder.planes(coder.base(z0, planes0, mv, shape, pred, steps), shape), pred))
+               for steps in (0, 1)]
+        # the format's prediction: the encoder's latent of the picture and one correction step
+        assert torch.equal(coder.base(z0, planes0, mv, shape), coder.base(z0, planes0, mv, shape, pred, 1))
+    assert err[1] < err[0] / 3
+
+
 def test_a_scene_cut_is_coded_afresh_and_decodes_exactly(carphone_frames, model):
     from vqcodec import motion
     from vqcodec.codec import SegmentCoder

@@ -45,7 +45,7 @@ from typing import Iterator
 
 MAGIC = b"VQVC"
 SEGMENT_MAGIC = b"VQSG"
-VERSION = 11
+VERSION = 12
 HEADER_SIZE = 64
 SEGMENT_HEADER_SIZE = 24
 PIX_FMTS = {0: "yuv420p"}
