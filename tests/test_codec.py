@@ -215,6 +215,23 @@ def test_a_moving_blocks_prediction_decodes_to_the_predicted_picture(carphone_fr
     assert err[1] < err[0] / 3
 
 
+def test_top_qualities_code_the_latent_the_synthesis_turns_back_into_the_source(carphone_frames, model):
+    from vqcodec.codec import SegmentCoder, TARGET_FROM, target_steps, to_frames
+    coder = SegmentCoder(model, "cpu")
+    frames = carphone_frames[:8]
+    shape = coder.grid(frames)
+    groups = coder.analysed(frames)
+    assert groups(TARGET_FROM - 1) is groups(1) and groups(8) is groups(TARGET_FROM) is not groups(1)
+    assert [target_steps(q) for q in (1, TARGET_FROM - 1, TARGET_FROM, 8)] == [0, 0, 1, 1]
+    psnr = []
+    for steps in (0, 1):
+        latents = []
+        coder.decide(coder.analyse(frames, steps), 8, shape, latents)
+        back = [f for z in latents for f in to_frames(*(p[None] for p in coder.planes(z, shape)), 176, 144, 2)]
+        psnr.append(sequence_quality(frames, back).psnr_yuv)
+    assert psnr[1] > psnr[0] + 0.3, psnr
+
+
 def test_a_scene_cut_is_coded_afresh_and_decodes_exactly(carphone_frames, model):
     from vqcodec import motion
     from vqcodec.codec import SegmentCoder

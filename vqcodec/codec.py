@@ -28,6 +28,7 @@ from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FI
                       first_passes, first_refs, fresh_mode_contexts, group_quality, index_rows, mv_neighbours, mv_pass_b,
                       near_contexts)
 from .errors import FormatError, InputError, ModelMismatch, VqvError
+from .model import to_tubes
 from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis
 from .video import Frame, PngWriter, VideoWriter, centre_crop, output_kind, probe, read_frames
@@ -160,8 +161,10 @@ DEADZONE = 1 / 3
 # noise below the quality's own noise is not worth coding, and a static scene costs next to
 # nothing after its first group (each later group one static flag).
 STILL = 0.25
-# A block moves only when its motion-compensated latent is at least this much closer to the source
-# than its still one (the search itself compares pixels, which noise can fool).
+# A block moves only when its motion-compensated prediction is at least this much closer to the
+# source than its still one, by squared error over every plane and frame of the group (the search
+# itself compares luma SADs, which noise can fool).  Judged in pixels since format 12 (the decoder
+# gives the prediction back; in the analysis' latent: +0.11 %, and one more analysis per group).
 MC_GAIN = 0.8
 # The motion search weighs a vector's bits against the sum of absolute luma differences (0..255
 # scale) it saves: MV_LAMBDA x 255 x step per bit, i.e. about the square root of the modes'
@@ -175,11 +178,18 @@ BITS_PER_INDEX = 5.0  # rate of an index before a model has tables (while they a
 # 43.1 dB from x on carphone, 50.0 on bigbuckbunny): a ceiling every moving block paid again in
 # each group and every quality paid at its top.  So the latent a moving block is predicted from
 # takes PREDICTION_STEPS fixed-point corrections towards the motion-compensated picture (part of
-# the format: the decoder makes the same; one more synthesis per group with motion), and the
-# source's latent the encoder codes takes TARGET_STEPS towards the source (the encoder only; a full
-# inversion brings back detail the tables price dearly: 4 steps gain less than 2).
+# the format: the decoder makes the same; one more synthesis per group with motion), and from
+# quality TARGET_FROM up the source's latent the encoder codes takes one step towards the source
+# (the encoder only; one more synthesis per group).  Below it the coarser steps quantise the
+# correction away and it measured no gain (bigbuckbunny q2-q5 +0.3 to +0.8 % bits); a full
+# inversion brings back detail the tables price dearly (4 steps gain less than 2).
 PREDICTION_STEPS = 1
-TARGET_STEPS = 1
+TARGET_FROM = 6
+
+
+def target_steps(quality: int) -> int:
+    """Fixed-point steps from the analysis' latent towards the source, for a segment at `quality`."""
+    return 1 if quality >= TARGET_FROM else 0
 
 
 def _neighbours3(m: torch.Tensor) -> torch.Tensor:
@@ -208,18 +218,31 @@ class SegmentCoder:
         self._edges = torch.tensor(HISTORY_EDGES, device=device)
         self._layout: tuple = (None,)  # (shape, fresh-group passes, neighbours) on the device
 
-    def analyse(self, frames: list[Frame]) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
-        """Per temporal group, in order: its latent tokens (N, D) and its planes (T, H, W), (T, H/2, W/2) x 2."""
+    def analyse(self, frames: list[Frame], steps: int = 0) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
+        """Per temporal group, in order: its latent tokens (N, D), `steps` fixed-point steps towards
+        the source (target_steps), and its planes (T, H, W), (T, H/2, W/2) x 2."""
         y, u, v = pad_planes(frames, self.cfg.patch, self.cfg.frames)
         with torch.no_grad():
             for i in range(0, y.shape[0], self.batch):
                 sl = slice(i, i + self.batch)
                 planes = [p[sl].to(self.device) for p in (y, u, v)]
-                z = self.net.invert(*planes, TARGET_STEPS)
+                z = self.net.invert(*planes, steps)
                 b, d, h, w = z.shape
                 tokens = z.permute(0, 2, 3, 1).reshape(b, h * w, d).float()
                 for j in range(b):
                     yield tokens[j], tuple(p[j] for p in planes)
+
+    def analysed(self, frames: list[Frame]) -> Callable[[int], list]:
+        """quality -> the frames' analysed groups for a segment at that quality (each depth of
+        target_steps analysed once): for callers that decide one segment at several qualities."""
+        done: dict[int, list] = {}
+
+        def groups(quality: int) -> list:
+            steps = target_steps(quality)
+            if steps not in done:
+                done[steps] = list(self.analyse(frames, steps))
+            return done[steps]
+        return groups
 
     # -- rates (bits per token) ------------------------------------------------------------------
     def _index_rate(self, idx: torch.Tensor, ctx: torch.Tensor | int) -> torch.Tensor:
@@ -272,7 +295,7 @@ class SegmentCoder:
         """Each token's prediction: its previous latent where its block stands still, the latent
         of the motion-compensated previous frames where it moves (`pred`: those frames, when the
         caller has them already), inverted by `steps` fixed-point corrections (the format's
-        PREDICTION_STEPS; the encoder's first look at a field of vectors takes none)."""
+        PREDICTION_STEPS)."""
         moving = motion.token_mask(mv, *shape)
         if not bool(moving.any()):
             return z_prev
@@ -324,11 +347,12 @@ class SegmentCoder:
         if not bool((mv != motion.ZERO).any()):
             return mv, z_prev
         pred = motion.predict(recon, mv, self.cfg.patch)
-        # keep a vector only where it predicts the latent better (judged on the analysis alone)
-        z_base = self.base(z_prev, recon, mv, shape, pred, steps=0)
-        moved_err = motion.block_sums(((z - z_base) ** 2).sum(1), shape)
-        still_err = motion.block_sums(((z - z_prev) ** 2).sum(1), shape)
-        moving = (moved_err < MC_GAIN * still_err) & (motion.block_sums((~still).float(), shape) > 0)
+        # keep a vector only where it predicts the group better than standing still, in the pixels
+        # the decoder will have (the prediction's latent is corrected to give `pred` back)
+        x = to_tubes(*(p[None] for p in planes), self.cfg.patch)
+        err = lambda frames: motion.block_sums(
+            ((to_tubes(*(p[None] for p in frames), self.cfg.patch) - x) ** 2).sum(1).reshape(-1), shape)
+        moving = (err(pred) < MC_GAIN * err(recon)) & (motion.block_sums((~still).float(), shape) > 0)
         kept = torch.where(moving, mv, motion.ZERO)
         if not torch.equal(kept, mv):  # the edges overlap and the network sees across blocks: predict again
             pred = motion.predict(recon, kept, self.cfg.patch, update=(pred, mv))
@@ -589,7 +613,8 @@ class SegmentCoder:
 
     def symbols(self, frames: list[Frame], quality: int) -> Symbols:
         """Frames -> their symbols at one quality, streamed group by group."""
-        return self.decide(self.analyse(frames), quality, self.grid(frames), size=(frames[0].width, frames[0].height))
+        return self.decide(self.analyse(frames, target_steps(quality)), quality, self.grid(frames),
+                           size=(frames[0].width, frames[0].height))
 
     def pack(self, sym: Symbols) -> tuple[bytes, float]:
         """(payload bytes, ideal code length in bits under the tables)."""
@@ -604,15 +629,16 @@ class SegmentCoder:
         even it is over, the best quality when even it is under), searched from quality `start`
         up or down: -> (quality, payload, estimated bits).  The caller carries the difference to
         the next segment, so the clip's rate stays within half a step of the ladder of its target
-        instead of always falling short of it.  The network runs once; the quantisation choices
-        and the rate estimate are repeated per quality tried."""
-        groups = list(self.analyse(frames))
+        instead of always falling short of it.  The analysis runs once (twice when the qualities
+        tried straddle TARGET_FROM); the quantisation choices and the rate estimate are repeated
+        per quality tried."""
+        groups = self.analysed(frames)
         shape = self.grid(frames)
         tried: dict[int, tuple] = {}
 
         def bits(quality: int) -> float:
             if quality not in tried:
-                chosen = self.decide(groups, quality, shape, size=(frames[0].width, frames[0].height))
+                chosen = self.decide(groups(quality), quality, shape, size=(frames[0].width, frames[0].height))
                 tried[quality] = (chosen, self.coder.estimate_bits(chosen))
             return tried[quality][1]
 
@@ -952,9 +978,10 @@ def fit_model_tables(net, paths: list[Path], *, frames: int = 32, segment_frames
         counts = new_counts(depth, net.config.codes, len(QUALITY_LEVELS), net.config.dim)
         for clip in clips:
             for chunk in _chunks(clip, segment_frames):
-                groups = list(coder.analyse(chunk))
+                groups = coder.analysed(chunk)
                 for quality in range(1, len(QUALITY_LEVELS) + 1):
-                    counts = count_symbols(coder.decide(groups, quality, coder.grid(chunk)), net.config.codes, counts)
+                    counts = count_symbols(coder.decide(groups(quality), quality, coder.grid(chunk)),
+                                           net.config.codes, counts)
         tables = fit_tables(counts)
         cm = CodecModel(net, tables, b"")
     return tables
