@@ -174,15 +174,15 @@ MV_LAMBDA = 0.25
 # a segment's first group instead (fresh): spatial prediction only, every context afresh, no vectors.
 REFRESH = 0.5
 BITS_PER_INDEX = 5.0  # rate of an index before a model has tables (while they are fitted)
-# The analysis network alone loses up to 7 dB to its own round trip (synthesis(analysis(x)) is
-# 43.1 dB from x on carphone, 50.0 on bigbuckbunny): a ceiling every moving block paid again in
+# The analysis network is not the synthesis' inverse: synthesis(analysis(x)) is only 43.1 dB from
+# x on carphone (50.0 on bigbuckbunny, 58.1 on bikes), a ceiling every moving block paid again in
 # each group and every quality paid at its top.  So the latent a moving block is predicted from
 # takes PREDICTION_STEPS fixed-point corrections towards the motion-compensated picture (part of
-# the format: the decoder makes the same; one more synthesis per group with motion), and from
-# quality TARGET_FROM up the source's latent the encoder codes takes one step towards the source
-# (the encoder only; one more synthesis per group).  Below it the coarser steps quantise the
-# correction away and it measured no gain (bigbuckbunny q2-q5 +0.3 to +0.8 % bits); a full
-# inversion brings back detail the tables price dearly (4 steps gain less than 2).
+# the format: the decoder makes the same; one more pass of the synthesis network per group with
+# motion), and from quality TARGET_FROM up the source's latent the encoder codes takes one step
+# towards the source (the encoder only; one more pass per group).  Below it the coarser steps
+# quantise the correction away and it measured no gain (bigbuckbunny q2-q5 +0.3 to +0.8 % bits);
+# a full inversion brings back detail the tables price dearly (4 steps gain less than 2).
 PREDICTION_STEPS = 1
 TARGET_FROM = 6
 
@@ -219,8 +219,8 @@ class SegmentCoder:
         self._layout: tuple = (None,)  # (shape, fresh-group passes, neighbours) on the device
 
     def analyse(self, frames: list[Frame], steps: int = 0) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
-        """Per temporal group, in order: its latent tokens (N, D), `steps` fixed-point steps towards
-        the source (target_steps), and its planes (T, H, W), (T, H/2, W/2) x 2."""
+        """Per temporal group, in order: its latent tokens (N, D) (the analysis', then `steps`
+        fixed-point steps towards the source: target_steps) and its planes (T, H, W), (T, H/2, W/2) x 2."""
         y, u, v = pad_planes(frames, self.cfg.patch, self.cfg.frames)
         with torch.no_grad():
             for i in range(0, y.shape[0], self.batch):
