@@ -290,18 +290,17 @@ class SegmentCoder:
         return tuple(p[0].clamp(0.0, 1.0).mul(255.0).round().div(255.0) for p in (y, u, v))
 
     def base(self, z_prev: torch.Tensor, planes: tuple[torch.Tensor, ...] | None, mv: torch.Tensor,
-             shape: tuple[int, int], pred: tuple[torch.Tensor, ...] | None = None,
-             steps: int = PREDICTION_STEPS) -> torch.Tensor:
+             shape: tuple[int, int], pred: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """Each token's prediction: its previous latent where its block stands still, the latent
         of the motion-compensated previous frames where it moves (`pred`: those frames, when the
-        caller has them already), inverted by `steps` fixed-point corrections (the format's
-        PREDICTION_STEPS)."""
+        caller has them already), with the format's PREDICTION_STEPS fixed-point corrections
+        towards them."""
         moving = motion.token_mask(mv, *shape)
         if not bool(moving.any()):
             return z_prev
         if pred is None:
             pred = motion.predict(planes, mv, self.cfg.patch)
-        z_mc = self.net.invert(*(p[None] for p in pred), steps)[0].reshape(z_prev.shape[1], -1).t().float()
+        z_mc = self.net.invert(*(p[None] for p in pred), PREDICTION_STEPS)[0].reshape(z_prev.shape[1], -1).t().float()
         return torch.where(moving[:, None], z_mc, z_prev)
 
     def _mv_rate(self, prev_mv: torch.Tensor | None, shape: tuple[int, int]) -> motion.Rate | None:
@@ -335,11 +334,11 @@ class SegmentCoder:
             return torch.where(pass_b, bits(dy, dx, *seen[2]), a)
         return rate
 
-    def _predict(self, z: torch.Tensor, z_prev: torch.Tensor, recon: tuple[torch.Tensor, ...],
-                 planes: tuple[torch.Tensor, ...], shape: tuple[int, int], still: torch.Tensor,
-                 prev_mv: torch.Tensor | None, step: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's motion: (vectors, prediction) for the group of latent z from the previous
-        group's latent z_prev and decoded planes `recon`; blocks whose tokens are all `still` stand
+    def _predict(self, z_prev: torch.Tensor, recon: tuple[torch.Tensor, ...], planes: tuple[torch.Tensor, ...],
+                 shape: tuple[int, int], still: torch.Tensor, prev_mv: torch.Tensor | None,
+                 step: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's motion: (vectors, prediction) for the group of source `planes` from the
+        previous group's latent z_prev and decoded planes `recon`; blocks whose tokens are all `still` stand
         still.  prev_mv: the previous group's vectors (their prediction), None in the segment's
         second group."""
         mv = motion.search(planes[0], recon[0], self.cfg.patch, self._mv_rate(prev_mv, motion.grid_shape(*shape)),
@@ -391,7 +390,7 @@ class SegmentCoder:
             if not fresh:
                 d_intra = ((z - self.rebuild(z_vq, None, None, c_intra, step)) ** 2).sum(1)
                 still_tok = ((z - z_src) ** 2).sum(1) <= STILL * d_intra
-                mv, z_base = self._predict(z, z_prev, recon, planes, shape, still_tok, prev_mv, step)
+                mv, z_base = self._predict(z_prev, recon, planes, shape, still_tok, prev_mv, step)
                 c_inter = scalar_quantise((z - z_base) @ self.basis.t(), step, COEF_MAX, DEADZONE)
                 z_inter = z_base + (c_inter.float() * step) @ self.basis
                 d_skip = ((z - z_base) ** 2).sum(1)
