@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vqcodec.model import from_tubes, to_tubes
-from vqcodec.quantizer import ResidualVQ, scalar_quantise, tube_basis
+from vqcodec.quantizer import NEAREST_CHUNK, ResidualVQ, scalar_quantise, tube_basis
 
 
 def data(n=4000, d=8, seed=0):
@@ -18,6 +18,14 @@ def test_decode_of_encode_equals_forward_in_eval():
     zq, idx, _ = q(x, 3)
     assert torch.equal(idx, q.encode(x, 3))
     assert torch.allclose(q.decode(idx), zq, atol=1e-6)
+
+
+def test_the_nearest_codeword_is_found_for_every_row_in_every_chunk():
+    # more rows than two chunks and a part, as a 720p group's 57,600 tokens are
+    x, book = data(2 * NEAREST_CHUNK + 777, 8, seed=3), data(64, 8, seed=4)
+    got = ResidualVQ.nearest(x, book)
+    assert got.shape == (len(x),)
+    assert torch.equal(got, torch.cdist(x.double(), book.double()).argmin(1))
 
 
 def test_each_stage_reduces_error():

@@ -322,16 +322,18 @@ class SegmentCoder:
             ey, ex = (dy - qy).clamp(-MV_MAX, MV_MAX), (dx - qx).clamp(-MV_MAX, MV_MAX)
             return self._mv_bits[k, ey + MV_MAX] + self._mv_bits[MV_Y_CONTEXTS + 2 * k + (ey != 0).long(), ex + MV_MAX]
 
-        seen: list = [None, None, None]  # the last field (its two tensors) and pass B's prediction in it
+        # the last field (its two tensors) and each block's prediction and context in it: pass B's
+        # from the field, pass A's from the previous group
+        seen: list = [None, None, None]
 
         def rate(dy, dx, fy=None, fx=None):
-            a = bits(dy, dx, py, px, ky)
             if fy is None:
-                return a
+                return bits(dy, dx, py, px, ky)
             if seen[0] is not fy or seen[1] is not fx:  # a new round of the search: the field moved
                 field = motion.symbol(fy, fx).cpu().numpy()
-                seen[:] = fy, fx, [torch.from_numpy(t).to(self.device) for t in mv_neighbours(field, *temporal)]
-            return torch.where(pass_b, bits(dy, dx, *seen[2]), a)
+                seen[:] = fy, fx, [torch.where(pass_b, torch.from_numpy(t).to(self.device), a)
+                                   for t, a in zip(mv_neighbours(field, *temporal), (py, px, ky))]
+            return bits(dy, dx, *seen[2])
         return rate
 
     def _predict(self, z_prev: torch.Tensor, recon: tuple[torch.Tensor, ...], planes: tuple[torch.Tensor, ...],

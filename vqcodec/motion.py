@@ -268,10 +268,12 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     k = RANGE // SUB // 4
     rp = F.pad(r4[None, None], (k, k, k, k), mode="replicate")[0, 0]
     h4, w4 = s4.shape
-    costs = torch.stack([(rp[k + oy:k + oy + h4, k + ox:k + ox + w4] - s4).abs()
-                         .reshape(hb, side // 4, wb, side // 4).sum((1, 3))
-                         for oy in range(-k, k + 1) for ox in range(-k, k + 1)])
     n = 2 * k + 1
+    # a row of candidates at a time: the n displacements across as a strided view of the padded
+    # reference, their differences summed over each block by one pooling (sums of multiples of
+    # 1/16 below 2**12: exact, the same values as summing block by block)
+    costs = torch.cat([F.avg_pool2d((rp.as_strided((n, h4, w4), (1, rp.shape[1], 1), oy * rp.shape[1]) - s4)
+                                    .abs_()[None], side // 4, divisor_override=1)[0] for oy in range(n)])
     costs[(n * n) // 2] *= STILL_BIAS
     o = torch.arange(-k, k + 1, device=src.device) * 4 * SUB
     if rate is not None:  # one frame at 1/16 of the pixels: 1/(16 T) of the full-resolution cost
@@ -300,17 +302,20 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     inside = W - (wb - 1) * side  # columns of the last block column inside the picture
     sb = s.reshape(T, hb, side, wb, side).permute(0, 1, 3, 2, 4).contiguous()
 
-    def cost(ty, tx):
-        total = 0
-        for t in range(T):
-            dy, dx = (t + 1) * ty, (t + 1) * tx
-            iy, ix = torch.div(dy, SUB, rounding_mode="floor"), torch.div(dx, SUB, rounding_mode="floor")
-            phase = (dy - iy * SUB) * SUB + (dx - ix * SUB)
-            off = (phase * (Hq * Wq) + iy * Wq + ix)[:, :, None]
-            got = runs.index_select(0, (row_at + off).reshape(-1)).reshape(hb, wb, side, side)
-            if inside < side:  # past the picture's right edge the edge column repeats, as in the source
-                got[:, -1, :, inside:] = got[:, -1, :, inside - 1:inside]
-            total = total + got.sub_(sb[t]).abs_().sum((2, 3))
+    times = at(T)[:, None, None] + 1
+
+    def cost(ty, tx):  # every frame of the group in one gather: frame t displaced by (t + 1) (ty, tx)
+        dy, dx = times * ty, times * tx
+        iy, ix = torch.div(dy, SUB, rounding_mode="floor"), torch.div(dx, SUB, rounding_mode="floor")
+        phase = (dy - iy * SUB) * SUB + (dx - ix * SUB)
+        off = (phase * (Hq * Wq) + iy * Wq + ix)[..., None]
+        got = runs.index_select(0, (row_at + off).reshape(-1)).reshape(T, hb, wb, side, side)
+        if inside < side:  # past the picture's right edge the edge column repeats, as in the source
+            got[:, :, -1, :, inside:] = got[:, :, -1, :, inside - 1:inside]
+        frames = got.sub_(sb).abs_().sum((3, 4))
+        total = frames[0]
+        for t in range(1, T):  # frame by frame, in order: the same sums as adding each frame's
+            total = total + frames[t]
         return total
 
     # each candidate's bits given the field as it stood when its round of candidates began (the
