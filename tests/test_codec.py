@@ -347,7 +347,7 @@ def test_a_first_group_predicts_tokens_from_their_neighbours_and_decodes_exactly
 
 def test_later_intra_tokens_predict_from_their_neighbours_and_decode_exactly(carphone_frames, model):
     from vqcodec.codec import SegmentCoder
-    from vqcodec.entropy import INTRA, NEAR_INTER, NEAR_SKIP, first_passes
+    from vqcodec.entropy import INTRA, NEAR_INTER, NEAR_SKIP, near_passes
     # new content enters a third of the picture from frame 4 on (too little for a refresh)
     def enter(f):
         y, u, v = f.y.copy(), f.u.copy(), f.v.copy()
@@ -362,7 +362,7 @@ def test_later_intra_tokens_predict_from_their_neighbours_and_decode_exactly(car
     later = sym.modes[2]
     near = (later == NEAR_SKIP) | (later == NEAR_INTER)
     assert near.sum() > 0.1 * ((later == INTRA) | near).sum()  # much of the new content is its neighbours' mean
-    assert not (near & (first_passes(*later.shape) == 0)).any()
+    assert not (near & (near_passes(*later.shape) == 0)).any()
     decoded = coder.coder.decode_groups(coder.coder.encode(sym), len(sym.indices), sym.indices.shape[1:],
                                         sym.vectors.shape[1:], 3)
     theirs = list(coder.reconstruct(decoded, 3))

@@ -6,7 +6,8 @@ import pytest
 from vqcodec.entropy import (MV_B, FLAG_BLOCK, COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES, MV_SYMBOLS,
                              MV_CONTEXTS, PRECISION, SKIP, FLAG_CONTEXTS, EntropyCoder, Symbols, coef_contexts, count_symbols,
                              block_contexts, first_index_keys, first_neighbours, first_passes, first_refs,
-                             fresh_mode_contexts, fresh_modes, MODE_SPATIAL, MODE_NEAR, NEAR_INTER, NEAR_SKIP,
+                             fresh_mode_contexts, fresh_modes, MODE_SPATIAL, MODE_NEAR, MODE_COARSE, FRESH_PASSES,
+                             near_neighbours, near_passes, NEAR_INTER, NEAR_SKIP,
                              coef_kinds, main_modes, near_contexts, near_places, fit_tables, skipped_blocks, history, mode_contexts_a, mode_contexts_b, new_counts,
                              parity, quantise_rows, mv_neighbours, mv_pass_b, mv_symbols, group_quality)
 from vqcodec import postfilter
@@ -166,46 +167,66 @@ def test_static_groups_between_changing_ones_round_trip(coder):
     check_round_trip(coder, sym)
 
 
+def test_a_fresh_groups_passes_go_from_a_coarse_grid_to_every_token():
+    p = first_passes(9, 10)
+    assert p.tolist()[0] == [0, 5, 3, 5, 1, 5, 3, 5, 0, 5]      # every 8th token, then distances 4, 2, 1 across
+    assert p.tolist()[4] == [2, 5, 3, 5, 2, 5, 3, 5, 2, 5]      # between rows 0 and 8: distance 4 down
+    assert p.tolist()[2] == [4, 5, 4, 5, 4, 5, 4, 5, 4, 5]      # distance 2 down
+    assert (p[1::2] == 6).all() and p.max() == FRESH_PASSES - 1
+    # the later groups' near modes keep their own three passes
+    assert near_passes(3, 4).tolist() == [[0, 1, 0, 1], [2, 2, 2, 2], [0, 1, 0, 1]]
+
+
 def test_first_group_indices_are_keyed_by_the_neighbour_decoded_before_them():
-    assert first_passes(3, 4).tolist() == [[0, 1, 0, 1], [2, 2, 2, 2], [0, 1, 0, 1]]
-    g = np.arange(2 * 3 * 4).reshape(2, 3, 4) % K
+    h, w = 9, 10
+    g = np.arange(2 * h * w).reshape(2, h, w) % K
     rows = 2 * K + 1
-    intra = np.full((3, 4), INTRA)
+    intra = np.full((h, w), INTRA)
     keys = first_index_keys(g, intra, K)
-    assert keys[0, 0, 0] == K and keys[1, 2, 2] == rows + K                 # pass 1: no neighbour
-    assert keys[0, 0, 1] == K + 1 + g[0, 0, 0]                               # pass 2: its left neighbour
-    assert keys[1, 1, 3] == rows + K + 1 + g[1, 0, 3]                        # pass 3: the token above
-    assert (first_index_keys(g, intra, K, upto=0)[:, first_passes(3, 4) > 0] == -1).all()
+    assert keys[0, 0, 0] == K and keys[1, 8, 8] == rows + K                 # pass 0: no neighbour
+    assert keys[0, 0, 4] == K + 1 + g[0, 0, 0]                               # distance 4 across: its left one
+    assert keys[1, 4, 4] == rows + K + 1 + g[1, 0, 4]                        # distance 4 down: the one above
+    assert keys[0, 2, 6] == K + 1 + g[0, 0, 6]                               # distance 2 down
+    assert keys[0, 0, 1] == K + 1 + g[0, 0, 0]                               # distance 1 across
+    assert keys[1, 1, 3] == rows + K + 1 + g[1, 0, 3]                        # distance 1 down
+    assert (first_index_keys(g, intra, K, upto=0)[:, first_passes(h, w) > 0] == -1).all()
     # a token predicted from its neighbours codes no indices, and stands for its first neighbour's
     m = intra.copy()
-    m[0, 1] = SKIP
-    m[1, 1] = INTER
+    m[0, 4] = SKIP   # pass 1: stands for (0, 0)
+    m[0, 6] = INTER  # pass 3: stands for (0, 4), which stands for (0, 0)
     ref = first_refs(g, m)
-    assert np.array_equal(ref[:, 0, 1], g[:, 0, 0]) and np.array_equal(ref[:, 1, 1], g[:, 0, 0])
+    assert np.array_equal(ref[:, 0, 4], g[:, 0, 0]) and np.array_equal(ref[:, 0, 6], g[:, 0, 0])
     keys = first_index_keys(g, m, K)
-    assert (keys[:, 0, 1] == -1).all() and (keys[:, 1, 1] == -1).all()
-    m[1, 1] = INTRA
-    assert first_index_keys(g, m, K)[0, 1, 1] == K + 1 + g[0, 0, 0]       # the token above stands for its left
+    assert (keys[:, 0, 4] == -1).all() and (keys[:, 0, 6] == -1).all()
+    assert first_index_keys(g, m, K)[0, 0, 7] == K + 1 + g[0, 0, 0]       # its left neighbour stands for (0, 0)
 
 
 def test_fresh_groups_predict_from_the_two_neighbours_decoded_before():
-    h, w = 3, 4
+    h, w = 9, 10
     a, b = first_neighbours(h, w)
     at = lambda i, j: (divmod(int(a[i, j]), w), divmod(int(b[i, j]), w))
-    assert at(0, 0) == ((0, 0), (0, 0))           # pass 1: none
-    assert at(0, 1) == ((0, 0), (0, 2))           # pass 2: left and right
-    assert at(2, 3) == ((2, 2), (2, 2))           # ... the right one outside: the left twice
-    assert at(1, 3) == ((0, 3), (2, 3))           # pass 3: above and below
-    assert first_neighbours(2, 2)[:, 1, 0].tolist() == [0, 0]  # ... the one below outside
+    assert at(0, 0) == ((0, 0), (0, 0))           # pass 0: none
+    assert at(0, 4) == ((0, 0), (0, 8))           # distance 4 across: left and right
+    assert at(4, 4) == ((0, 4), (8, 4))           # distance 4 down: above and below
+    assert at(8, 6) == ((8, 4), (8, 8))           # distance 2 across
+    assert at(2, 8) == ((0, 8), (4, 8))           # distance 2 down
+    assert at(2, 9) == ((2, 8), (2, 8))           # distance 1 across, the right one outside: the left twice
+    assert at(8, 9) == ((8, 8), (8, 8))
+    assert at(5, 3) == ((4, 3), (6, 3))           # distance 1 down
+    assert first_neighbours(3, 3)[:, 0, 2].tolist() == [0, 0]  # distance 2 across, the right one outside
     passes = first_passes(h, w)
     assert (passes.reshape(-1)[a] < passes).sum() == (passes > 0).sum()
     assert (passes.reshape(-1)[b] < passes).sum() == (passes > 0).sum()
+    na, nb = near_neighbours(3, 4)
+    assert na[0, 1] == 0 and nb[0, 1] == 2 and na[1, 3] == 3 and nb[1, 3] == 11  # near modes: distance 1
     m = np.full((h, w), INTRA)
-    m[0, 3] = SKIP
-    m[2, 0] = SKIP  # pass 1: always intra, whatever the symbols say
+    m[0, 4] = SKIP
+    m[0, 0] = SKIP  # pass 0: always intra, whatever the symbols say
     ctx = fresh_mode_contexts(m)
-    assert ctx[0, 1] == MODE_SPATIAL and ctx[1, 0] == MODE_SPATIAL + 1 and ctx[1, 3] == MODE_SPATIAL + 2
-    assert fresh_modes(m)[2, 0] == INTRA and ctx.max() < MODE_CONTEXTS
+    assert ctx[0, 1] == MODE_SPATIAL and ctx[1, 0] == MODE_SPATIAL + 1 and ctx[1, 4] == MODE_SPATIAL + 2
+    assert ctx[0, 2] == MODE_COARSE and ctx[2, 4] == MODE_COARSE + 2                # distance 2: (0, 4) skipped
+    assert ctx[0, 4] == MODE_COARSE + 4 and ctx[4, 0] == MODE_COARSE + 5           # distance 4
+    assert fresh_modes(m)[0, 0] == INTRA and ctx.max() < MODE_CONTEXTS
 
 
 def smooth_pictures(seed, n=6, h=16, w=20):

@@ -26,7 +26,7 @@ from . import motion, postfilter
 from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEAR_INTER,
                       NEAR_SKIP, NEVER, NNZ_BUCKET, SKIP, EntropyCoder, Symbols, first_index_keys, first_neighbours,
                       first_passes, first_refs, fresh_mode_contexts, group_quality, index_rows, mv_neighbours, mv_pass_b,
-                      near_contexts)
+                      near_contexts, near_neighbours, near_passes, FRESH_PASSES, NEAR_PASSES)
 from .errors import FormatError, InputError, ModelMismatch, VqvError
 from .model import to_tubes
 from .modelfile import CodecModel, load_model
@@ -149,8 +149,8 @@ def to_frames(y, u, v, width: int, height: int, count: int) -> list[Frame]:
 # rate, where the curve is flatter, and 0.06 measured best (0.15: +10 % bits at equal PSNR, 0.02:
 # +3 %).  Distortion is the squared error of the latent,
 # which the near-identity decoder carries to the pixels.  Every choice is made against the previous
-# group's *reconstructed* latent, as the decoder has it.  Then, pass by pass in the fresh-group
-# layout, a token outside pass 1 in a block that does not skip may instead take a near mode
+# group's *reconstructed* latent, as the decoder has it.  Then, pass by pass in the near layout
+# (entropy.near_passes), a token outside near pass 0 in a block that does not skip may instead take a near mode
 # (NEAR_SKIP, NEAR_INTER: predicted from its two neighbours) where that costs less.
 LAMBDA = 0.06
 # Coefficients round down below (k + 1/2 + DEADZONE) x step: fewer, cheaper non-zeros (1/3 against
@@ -439,19 +439,21 @@ class SegmentCoder:
         return Symbols(torch.stack(out_idx).numpy(), torch.stack(out_mode).numpy(), torch.stack(out_mv).numpy(),
                        torch.stack(out_coef).numpy(), quality, np.array(out_fresh, dtype=bool), filt)
 
-    def _fresh_layout(self, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """entropy.first_passes and first_neighbours on the device, flattened: (N,), (2, N)."""
+    def _pass_layout(self, shape: tuple[int, int], near: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """entropy.first_passes and first_neighbours on the device, flattened: (N,), (2, N); with
+        `near`, a later group's near_passes and near_neighbours."""
         if self._layout[0] != shape:
-            self._layout = (shape, torch.from_numpy(first_passes(*shape).reshape(-1)).to(self.device),
-                            torch.from_numpy(first_neighbours(*shape).reshape(2, -1)).to(self.device))
-        return self._layout[1], self._layout[2]
+            dev = lambda a, *s: torch.from_numpy(a.reshape(*s, -1)).to(self.device)
+            self._layout = (shape, (dev(first_passes(*shape)), dev(first_neighbours(*shape), 2)),
+                            (dev(near_passes(*shape)), dev(near_neighbours(*shape), 2)))
+        return self._layout[2 if near else 1]
 
     def fresh_pass(self, rec: torch.Tensor, z_vq: torch.Tensor, modes: torch.Tensor, coefs: torch.Tensor,
                    step: float, shape: tuple[int, int], p: int, pred: torch.Tensor | None = None) -> torch.Tensor:
-        """A fresh group's latent `rec` with its pass-p tokens (p = 1, 2: passes 2 and 3) rebuilt
+        """A fresh group's latent `rec` with its pass-p tokens (p = 1 .. FRESH_PASSES - 1) rebuilt
         from their spatial prediction (`pred`: spatial_prediction(rec), when the caller has it).
         The encoder and the decoder both call this, with the same tensors."""
-        passes, _ = self._fresh_layout(shape)
+        passes, _ = self._pass_layout(shape)
         if pred is None:
             pred = self.spatial_prediction(rec, shape)
         return torch.where((passes == p)[:, None], self.rebuild(z_vq, pred, modes, coefs, step), rec)
@@ -461,11 +463,11 @@ class SegmentCoder:
         """A later group's latent `rec` with its pass-p NEAR_SKIP / NEAR_INTER tokens rebuilt from
         their two neighbours' mean (only those rows are computed).  The encoder and the decoder
         both call this, with the same tensors."""
-        passes, _ = self._fresh_layout(shape)
+        passes, _ = self._pass_layout(shape, near=True)
         at = torch.nonzero((passes == p) & (modes >= NEAR_SKIP))[:, 0]
         if not len(at):
             return rec
-        pred = self.spatial_prediction(rec, shape, at)
+        pred = self.spatial_prediction(rec, shape, at, near=True)
         change = (coefs[at].float() * step) @ self.basis
         rec = rec.clone()
         rec[at] = torch.where((modes[at] == NEAR_INTER)[:, None], pred + change, pred)
@@ -475,20 +477,20 @@ class SegmentCoder:
                       step: float, shape: tuple[int, int]) -> torch.Tensor:
         """A later group's latent from its modes: rebuild, then the near tokens pass by pass."""
         z = self.rebuild(z_vq, z_base, modes, coefs, step)
-        for p in (1, 2):
+        for p in range(1, NEAR_PASSES):
             z = self.near_pass(z, modes, coefs, step, shape, p)
         return z
 
     def _decide_near(self, z: torch.Tensor, z_base: torch.Tensor, z_vq: torch.Tensor, best: torch.Tensor,
                      coefs: torch.Tensor, chosen: torch.Tensor, main_bits: torch.Tensor, quality: int,
                      shape: tuple[int, int], hist: torch.Tensor):
-        """A later group's tokens outside pass 1, in blocks that do not skip, pass by pass: each keeps
+        """A later group's tokens outside near pass 0, in blocks that do not skip, pass by pass: each keeps
         its mode `best` or takes NEAR_SKIP / NEAR_INTER (its two neighbours' mean, or it plus the
         coded change), whichever costs least distortion + lambda x bits (`chosen`: the cost of its
         mode, that mode's bits included; `main_bits`: those of INTRA, which a near mode is coded
         as, then its near mode).  -> (modes, coefficients, the latent as the decoder rebuilds it)."""
         step = step_for_quality(quality)
-        passes, _ = self._fresh_layout(shape)
+        passes, _ = self._pass_layout(shape, near=True)
         rec = self.rebuild(z_vq, z_base, best, coefs, step)
         open_ = motion.block_mask(motion.block_sums((best != SKIP).float(), shape) > 0, *shape)
         if not bool((open_ & (passes > 0)).any()):
@@ -496,11 +498,11 @@ class SegmentCoder:
         lam = LAMBDA * step * step
         ctx = torch.from_numpy(near_contexts(best.reshape(shape).cpu().numpy()).reshape(-1)).to(self.device)
         mode, coefs = best.clone(), coefs.clone()
-        for p in (1, 2):
+        for p in range(1, NEAR_PASSES):
             at = torch.nonzero((passes == p) & open_)[:, 0]
             if not len(at):
                 continue
-            pred = self.spatial_prediction(rec, shape, at)
+            pred = self.spatial_prediction(rec, shape, at, near=True)
             src = z[at]
             c_near = scalar_quantise((src - pred) @ self.basis.t(), step, COEF_MAX, DEADZONE)
             z_near = pred + (c_near.float() * step) @ self.basis
@@ -518,23 +520,24 @@ class SegmentCoder:
         return mode, coefs, rec
 
     def spatial_prediction(self, rec: torch.Tensor, shape: tuple[int, int],
-                           at: torch.Tensor | None = None) -> torch.Tensor:
-        """Each token's prediction from its neighbours (a fresh group's, a later group's near
-        tokens'): the mean of its two neighbours' latents in `rec` (entropy.first_neighbours,
-        tokens of earlier passes); only the tokens `at` (positions) when given."""
-        _, (a, b) = self._fresh_layout(shape)
+                           at: torch.Tensor | None = None, near: bool = False) -> torch.Tensor:
+        """Each token's prediction from its neighbours (a fresh group's; with `near`, a later
+        group's near tokens'): the mean of its two neighbours' latents in `rec`
+        (entropy.first_neighbours, near_neighbours: tokens of earlier passes); only the tokens
+        `at` (positions) when given."""
+        _, (a, b) = self._pass_layout(shape, near)
         if at is not None:
             a, b = a[at], b[at]
         return (rec[a] + rec[b]) * 0.5
 
     def _decide_fresh(self, z: torch.Tensor, idx: torch.Tensor, z_vq: torch.Tensor, c_intra: torch.Tensor,
                       quality: int, shape: tuple[int, int]):
-        """A fresh group's choices: pass-1 tokens INTRA; each pass-2/3 token the mode of least
-        distortion + lambda x bits against its spatial prediction.  -> (modes, coefficients,
+        """A fresh group's choices: pass-0 tokens INTRA; each later pass's token, pass by pass, the
+        mode of least distortion + lambda x bits against its spatial prediction.  -> (modes, coefficients,
         latent, each token's reference indices for the next group's index contexts)."""
         step = step_for_quality(quality)
         lam = LAMBDA * step * step  # x 0.25 .. 2 measured the same (BENCHMARKS.md)
-        passes, _ = self._fresh_layout(shape)
+        passes, _ = self._pass_layout(shape)
         S, N = idx.shape
         g = idx.reshape(S, *shape).cpu().numpy()
         never = torch.full((N,), NEVER, dtype=torch.long, device=self.device)
@@ -543,7 +546,7 @@ class SegmentCoder:
         rec = self.rebuild(z_vq, None, None, c_intra, step)
         r_intra = self._coef_rate(c_intra, 0, quality, never)
         d_intra = ((z - rec) ** 2).sum(1)
-        for p in (1, 2):
+        for p in range(1, FRESH_PASSES):
             sel = passes == p
             pred = self.spatial_prediction(rec, shape)
             c_inter = scalar_quantise((z - pred) @ self.basis.t(), step, COEF_MAX, DEADZONE)
@@ -599,7 +602,7 @@ class SegmentCoder:
             step = step_for_quality(group_quality(quality, gi == 0))
             if fresh:
                 z = self.rebuild(z_vq, None, None, c, step)
-                for p in (1, 2):
+                for p in range(1, FRESH_PASSES):
                     z = self.fresh_pass(z, z_vq, m, c, step, (h, w), p)
             else:
                 z_base = self.base(z_prev, planes, torch.from_numpy(mv).to(self.device), (h, w))

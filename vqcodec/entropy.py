@@ -1,11 +1,12 @@
 """Context model and entropy coder: integer probability tables + constriction's range coder.
 
 A segment is a sequence of temporal groups; each group is a grid of h x w tokens.  The first
-group is *fresh*: it is coded from nothing before it, in three passes over its tokens (i, j):
-pass 1 the tokens with i and j even, all INTRA; pass 2 the rest of the even rows; pass 3 the odd
-rows.  A pass-2 or pass-3 token has a *mode* (below) and its prediction is the mean of the
-latents of its two neighbours of earlier passes: left and right in pass 2, above and below in
-pass 3 (first_neighbours).  Every later group starts with a *static* flag: 1 when the
+group is *fresh*: it is coded from nothing before it, in FRESH_PASSES passes over its tokens
+(i, j), coarse to fine (first_passes): pass 0 the tokens with i and j multiples of 8, all INTRA;
+then, for r = 4, 2, 1, a pass of the tokens between two known ones r to their left and right,
+then one of the tokens between two known ones r above and below.  A token after pass 0 has a
+*mode* (below) and its prediction is the mean of the latents of those two neighbours
+(first_neighbours).  Every later group starts with a *static* flag: 1 when the
 whole group is unchanged (every token SKIP, every block still), and then nothing else is coded for
 it; 0 otherwise, and then a *refresh* flag: 1 when the group is fresh, coded exactly as a
 segment's first group, every context afresh (a scene cut); 0 otherwise, and then each block of
@@ -18,10 +19,11 @@ SKIP), and each token of a block that does not skip has a *mode*:
 In a later group, the prediction is the previous group's latent of the token where its block
 stands still, and the latent of the motion-compensated previous frames where it moves: each
 later group carries a motion vector per block of tokens (motion.py).  A later group's INTRA token
-outside pass 1 (the passes of a fresh group, above) then has a *near mode*, for what the previous
-group does not predict (new content, uncovered background): 0 it stays INTRA; 1 NEAR_SKIP, its
-latent is the mean of its two neighbours' (as in a fresh group: left and right in pass 2, above and
-below in pass 3, tokens of pass 1, earlier passes or not INTRA, all decoded before it); 2 NEAR_INTER,
+outside near pass 0 (the tokens with i and j even; near_passes) then has a *near mode*, for what
+the previous group does not predict (new content, uncovered background): 0 it stays INTRA;
+1 NEAR_SKIP, its latent is the mean of its two neighbours' (as in a fresh group's finest level:
+left and right in near pass 1, above and below in near pass 2, tokens of near pass 0, earlier
+passes or not INTRA, all decoded before it); 2 NEAR_INTER,
 that mean plus the coded change (coefficients as INTER).  Which vectors and modes the tokens take is the
 encoder's choice (codec.py); the decoder only reads them.
 
@@ -48,16 +50,17 @@ Contexts (all discrete, all from data the decoder already has):
       previous group is the segment's first (it has no modes);
       pass B (the other tokens): 11 + 3 * (changed 4-neighbours in the current group, all from
       pass A, 0..4) + (the co-located previous mode: 0 skip, 1 changed, 2 none: first group).
-  - modes in a fresh group: pass 2 MODE_SPATIAL; pass 3 MODE_SPATIAL + 1 + how many of its two
-    neighbours (above, below) are not intra (0..2);
-  - near modes in a later group: MODE_NEAR + 3 * (pass - 2) + how many of its two neighbours did
-    not code INTRA as their mode (0..2);
+  - modes in a fresh group: the finest level's left-right pass MODE_SPATIAL, its above-below
+    pass MODE_SPATIAL + 1 + how many of its two neighbours are not intra (0..2); each coarser
+    level's likewise from MODE_COARSE + 4 x (levels above the finest, less one);
+  - near modes in a later group: MODE_NEAR + 3 * (near pass - 1) + how many of its two
+    neighbours did not code INTRA as their mode (0..2);
   - VQ indices in later groups: (stage, the index at the same stage and place in the last group
     that coded that token intra);
-  - VQ indices of the intra tokens of a fresh group, pass by pass: pass 1 context (stage, K =
-    "no neighbour"); passes 2 and 3 (stage, K + 1 + the index at the same stage of its first
-    neighbour: the left one in pass 2, the one above in pass 3), where a neighbour that is not
-    intra stands for its own first neighbour's index (first_refs);  that index also keys the
+  - VQ indices of the intra tokens of a fresh group, pass by pass: pass 0 context (stage, K =
+    "no neighbour"); later passes (stage, K + 1 + the index at the same stage of its first
+    neighbour: the left one in a left-right pass, the one above in an above-below pass), where
+    a neighbour that is not intra stands for its own first neighbour's index (first_refs);  that index also keys the
     token's indices in the later groups until it codes intra;
   - coefficients: (the group's quality (group_quality), position in coding order, kind: 0 intra /
     1 inter, context 4 * h + n) with h the token's history: how many non-zero coefficients it had
@@ -87,7 +90,7 @@ A segment's stream opens with its output filter (postfilter.py): one flag per cl
 integers of the classes that are on, two calls with fixed tables (FILTER_*_WEIGHTS, part of the
 format, not fitted, not adapted).
 
-Coding order inside a fresh group: its pass-2 modes, its pass-3 modes grouped by context, its
+Coding order inside a fresh group: its modes pass by pass, each pass's grouped by context, its
 indices pass by pass (grouped by key = stage * (2K + 1) + context, ascending), then its
 coefficients as below.  Inside a later group: its static flag, then (when 0) its refresh flag
 (when 1, the rest is a fresh group's), then (when 0) pass A's vertical vector components grouped
@@ -129,10 +132,15 @@ INTRA, SKIP, INTER = 0, 1, 2
 MODES = 3
 MODE_FIRST = 10        # pass-A context when the previous group has no modes
 MODE_B = 11            # first pass-B context
+FRESH_LEVELS = 3                     # a fresh group's levels of spatial prediction, coarse to fine
+FRESH_PASSES = 2 * FRESH_LEVELS + 1  # its passes over its tokens (first_passes)
+NEAR_MODE_LEVELS = 1                 # the levels of a later group's near modes (near_passes)
+NEAR_PASSES = 2 * NEAR_MODE_LEVELS + 1
 MODE_SPATIAL = 26      # a fresh group's pass-2 modes; its pass-3 modes: MODE_SPATIAL + 1 + changed neighbours
-MODE_NEAR = 30         # a later group's near modes: MODE_NEAR + (0 in pass 2, 3 in pass 3) + neighbours not INTRA
-MODE_CONTEXTS = MODE_NEAR + 6
-# a later group's INTRA token outside pass 1 may instead be predicted from its two neighbours, as in a
+MODE_NEAR = 30         # a later group's near modes: MODE_NEAR + (0 in near pass 1, 3 in near pass 2) + neighbours not INTRA
+MODE_COARSE = MODE_NEAR + 6  # a fresh group's coarser levels' modes, 4 contexts per level (fresh_mode_contexts)
+MODE_CONTEXTS = MODE_COARSE + 4 * (FRESH_LEVELS - 1)
+# a later group's INTRA token outside near pass 0 may instead be predicted from its two neighbours, as in a
 # fresh group: NEAR_SKIP keeps their mean, NEAR_INTER codes its change from it (Symbols.modes values;
 # coded as INTRA, then a near mode 0 intra / 1 near skip / 2 near inter)
 NEAR_SKIP, NEAR_INTER = 3, 4
@@ -313,25 +321,66 @@ def index_rows(codes: int) -> int:
     return 2 * codes + 1
 
 
-def first_passes(h: int, w: int) -> np.ndarray:
-    """(h, w) pass (0, 1, 2) of each token of a segment's first group: (even, even) tokens first,
-    then the rest of the even rows (left neighbour known), then the odd rows (the token above known)."""
+def _fresh_grid(h: int, w: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pass, reach) (h, w) of each token of a `levels`-level layout: pass 0 the tokens (i, j) with
+    i and j multiples of 2**levels; then level by level, coarse to fine, with r = 2**(levels - 1)
+    .. 1: the tokens with i a multiple of 2r and j an odd multiple of r (their left and right
+    neighbours r tokens away known), then those with i an odd multiple of r and j a multiple of r
+    (above and below); reach: that r (0 in pass 0)."""
     i, j = np.arange(h)[:, None], np.arange(w)[None, :]
-    return np.where(i % 2 == 1, 2, j % 2).astype(np.int64)
+    passes = np.zeros((h, w), dtype=np.int64)
+    reach = np.zeros((h, w), dtype=np.int64)
+    for n in range(levels):
+        r = 1 << (levels - 1 - n)
+        across = (i % (2 * r) == 0) & (j % (2 * r) == r)
+        down = (i % (2 * r) == r) & (j % r == 0)
+        passes = np.where(across, 1 + 2 * n, np.where(down, 2 + 2 * n, passes))
+        reach = np.where(across | down, r, reach)
+    return passes, reach
+
+
+def first_passes(h: int, w: int) -> np.ndarray:
+    """(h, w) pass (0 .. FRESH_PASSES - 1) of each token of a fresh group, coarse to fine: pass 0
+    the tokens (i, j) with i and j multiples of 2**FRESH_LEVELS; then, level by level, a pass of
+    tokens predicted from their left and right neighbours r tokens away, then one from the
+    tokens r above and below (r = 2**(FRESH_LEVELS - 1) .. 2, 1; _fresh_grid).  With two
+    levels: 0 (4i, 4j); 1 (4i, 4j + 2); 2 (4i + 2, 2j); 3 (2i, 2j + 1); 4 (2i + 1, j)."""
+    return _fresh_grid(h, w, FRESH_LEVELS)[0]
+
+
+def near_passes(h: int, w: int) -> np.ndarray:
+    """(h, w) pass (0 .. NEAR_PASSES - 1) of each token of a later group for its near mode
+    (near_places): the layout of first_passes with NEAR_MODE_LEVELS levels (one: the (even, even)
+    tokens, which code no near mode, then the rest of the even rows, then the odd rows)."""
+    return _fresh_grid(h, w, NEAR_MODE_LEVELS)[0]
+
+
+def _neighbours(h: int, w: int, across: np.ndarray, down: np.ndarray, reach: np.ndarray) -> np.ndarray:
+    """(2, h, w) raster positions of each token's two neighbours `reach` tokens away: left and
+    right where `across`, above and below where `down`, itself elsewhere; where the second lies
+    outside the picture, the first stands for it."""
+    i, j = np.arange(h)[:, None], np.arange(w)[None, :]
+    right = np.where(j + reach < w, j + reach, j - reach)
+    below = np.where(i + reach < h, i + reach, i - reach)
+    a = np.select([across, down], [i * w + j - reach, (i - reach) * w + j], i * w + j)
+    b = np.select([across, down], [i * w + right, below * w + j], i * w + j)
+    return np.stack([a, b])
 
 
 def first_neighbours(h: int, w: int) -> np.ndarray:
-    """(2, h, w) raster positions of the two neighbours a fresh group's token is predicted from:
-    in pass 1 itself (no prediction); in pass 2 its left and right neighbours (both pass 1); in
-    pass 3 the tokens above and below (passes 1 and 2).  Where the second lies outside the
-    picture, the first stands for it."""
-    i, j = np.arange(h)[:, None], np.arange(w)[None, :]
-    passes = first_passes(h, w)
-    right = np.where(j + 1 < w, j + 1, j - 1)
-    below = np.where(i + 1 < h, i + 1, i - 1)
-    a = np.select([passes == 1, passes == 2], [i * w + j - 1, (i - 1) * w + j], i * w + j)
-    b = np.select([passes == 1, passes == 2], [i * w + right, below * w + j], i * w + j)
-    return np.stack([a, b])
+    """(2, h, w) raster positions of the two neighbours a fresh group's token is predicted from,
+    both of earlier passes: in pass 0 itself (no prediction); in an odd pass the tokens `reach` to
+    its left and right, in an even one `reach` above and below (_fresh_grid).  Where the second
+    lies outside the picture, the first stands for it."""
+    p, r = _fresh_grid(h, w, FRESH_LEVELS)
+    return _neighbours(h, w, p % 2 == 1, (p % 2 == 0) & (p > 0), r)
+
+
+def near_neighbours(h: int, w: int) -> np.ndarray:
+    """(2, h, w) the two neighbours a later group's near token is predicted from (near_passes):
+    left and right in an odd pass, above and below in an even one."""
+    p, r = _fresh_grid(h, w, NEAR_MODE_LEVELS)
+    return _neighbours(h, w, p % 2 == 1, (p % 2 == 0) & (p > 0), r)
 
 
 def fresh_modes(modes: np.ndarray) -> np.ndarray:
@@ -340,32 +389,36 @@ def fresh_modes(modes: np.ndarray) -> np.ndarray:
 
 
 def fresh_mode_contexts(modes: np.ndarray) -> np.ndarray:
-    """(h, w) mode contexts of a fresh group's tokens (those of pass 1, which code no mode, too):
-    pass 2 MODE_SPATIAL; pass 3 MODE_SPATIAL + 1 + how many of its two neighbours (above and
-    below, passes 1 and 2) did not code intra (0..2)."""
+    """(h, w) mode contexts of a fresh group's tokens (pass 0, which codes no mode: MODE_SPATIAL):
+    the finest level's left-right pass MODE_SPATIAL, its above-below pass MODE_SPATIAL + 1 + how
+    many of its two neighbours did not code intra (0..2); each coarser level likewise from
+    MODE_COARSE + 4 x (levels from the finest, less one)."""
     h, w = modes.shape
     changed = (fresh_modes(modes) != INTRA).reshape(-1)
     a, b = first_neighbours(h, w)
-    return MODE_SPATIAL + (first_passes(h, w) == 2) * (1 + changed[a] + changed[b])
+    p = first_passes(h, w)
+    above = FRESH_LEVELS - 1 - (p - 1) // 2  # levels above the finest
+    base = np.where(above == 0, MODE_SPATIAL, MODE_COARSE + 4 * (above - 1))
+    return np.where(p == 0, MODE_SPATIAL, base + (p % 2 == 0) * (1 + changed[a] + changed[b]))
 
 
 def first_refs(g: np.ndarray, modes: np.ndarray) -> np.ndarray:
     """(D, h, w) the index each token of a fresh group stands for: its own where it codes intra,
-    else its first neighbour's (itself pass 1, or standing for one).  Reads only the indices of
+    else its first neighbour's (itself pass 0, or standing for one).  Reads only the indices of
     intra tokens, and each pass's only from the passes before it."""
     D, h, w = g.shape
     m, passes = fresh_modes(modes).reshape(-1), first_passes(h, w).reshape(-1)
     a = first_neighbours(h, w)[0].reshape(-1)
     ref = g.reshape(D, -1).copy()
-    for p in (1, 2):
+    for p in range(1, FRESH_PASSES):
         sel = np.flatnonzero((passes == p) & (m != INTRA))
         ref[:, sel] = ref[:, a[sel]]
     return ref.reshape(D, h, w)
 
 
-def first_index_keys(g: np.ndarray, modes: np.ndarray, codes: int, upto: int = 2) -> np.ndarray:
+def first_index_keys(g: np.ndarray, modes: np.ndarray, codes: int, upto: int = FRESH_PASSES - 1) -> np.ndarray:
     """Keys of a fresh group's index slots (D, h, w) from its indices g and modes (only the
-    indices of passes before each slot's are read): pass 1 context "none"; later passes the
+    indices of passes before each slot's are read): pass 0 context "none"; later passes the
     first neighbour's index (first_refs).  Slots of tokens that are not intra, or of passes
     after `upto`, get -1."""
     D, h, w = g.shape
@@ -383,8 +436,8 @@ def main_modes(modes: np.ndarray) -> np.ndarray:
 
 
 def near_places(modes: np.ndarray) -> np.ndarray:
-    """(h, w) True where a later group's token codes a near mode: INTRA (as coded) outside pass 1."""
-    return (main_modes(modes) == INTRA) & (first_passes(*modes.shape) > 0)
+    """(h, w) True where a later group's token codes a near mode: INTRA (as coded) outside near pass 0."""
+    return (main_modes(modes) == INTRA) & (near_passes(*modes.shape) > 0)
 
 
 def near_contexts(modes: np.ndarray) -> np.ndarray:
@@ -392,8 +445,8 @@ def near_contexts(modes: np.ndarray) -> np.ndarray:
     (first_passes - 1) + how many of the token's two neighbours (first_neighbours) are not INTRA."""
     h, w = modes.shape
     other = (main_modes(modes) != INTRA).reshape(-1)
-    a, b = first_neighbours(h, w)
-    return MODE_NEAR + 3 * np.maximum(first_passes(h, w) - 1, 0) + other[a] + other[b]
+    a, b = near_neighbours(h, w)
+    return MODE_NEAR + 3 * (near_passes(h, w) % 2 == 0) + other[a] + other[b]
 
 
 NEAR_SYMBOL = np.array([0, 0, 0, 1, 2])  # a later group's mode -> its near-mode symbol
@@ -524,7 +577,7 @@ def _walk(sym: Symbols, codes: int):
         if ref is None:
             m = fresh_modes(m)
             passes, ctx = first_passes(h, w), fresh_mode_contexts(m)
-            side = [*flags, *(("mode", ctx[passes == p], m[passes == p]) for p in (1, 2))]
+            side = [*flags, *(("mode", ctx[passes == p], m[passes == p]) for p in range(1, FRESH_PASSES))]
             kinds = coef_kinds(m, (h, w))
             yield first_index_keys(g, m, codes), passes, side, g, kinds, hist, sym.coefs[i]
             hist = np.where(kinds >= 0, history(sym.coefs[i]), 0)
@@ -881,10 +934,10 @@ class EntropyCoder:
                     hist[:] = NEVER
                     prev_static = 2
             fresh = ref is None
-            if fresh:  # modes of passes 2 and 3; pass 1 is intra
+            if fresh:  # modes pass by pass; pass 0 is intra
                 passes = first_passes(h, w)
                 modes = np.full((h, w), INTRA, dtype=np.int64)
-                for p in (1, 2):
+                for p in range(1, FRESH_PASSES):
                     modes[passes == p] = self._decode_runs(dec, state, "mode", fresh_mode_contexts(modes)[passes == p])
             else:
                 mv = self._decode_vectors(dec, state, mv, mv_shape)
@@ -902,7 +955,7 @@ class EntropyCoder:
                     raise ValueError("a block flagged as changed has no changed token")
             g = np.zeros(shape, dtype=np.int64)
             if fresh:  # pass by pass: each pass's contexts are indices of the passes before
-                for p in range(3):
+                for p in range(FRESH_PASSES):
                     keys = first_index_keys(g, modes, self.codes, p)
                     coded = (keys >= 0) & (passes == p)[None]
                     g[coded] = self._decode_runs(dec, state, "index", keys[coded])

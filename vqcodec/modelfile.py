@@ -40,7 +40,7 @@ from .errors import VqvError
 from .model import ModelConfig, VQVAE
 
 FORMAT = "vqcodec-model"
-VERSION = 9
+VERSION = 10
 TABLE_OFFSET = 32768  # stored int16 = entry - TABLE_OFFSET
 Tables = tuple  # (index, mode, vector, coefficient, static-flag tables), int32 tensors
 TABLE_NAMES = ("tables", "mode_tables", "mv_tables", "coef_tables", "flag_tables")
