@@ -451,12 +451,20 @@ class SegmentCoder:
     def fresh_pass(self, rec: torch.Tensor, z_vq: torch.Tensor, modes: torch.Tensor, coefs: torch.Tensor,
                    step: float, shape: tuple[int, int], p: int, pred: torch.Tensor | None = None) -> torch.Tensor:
         """A fresh group's latent `rec` with its pass-p tokens (p = 1 .. FRESH_PASSES - 1) rebuilt
-        from their spatial prediction (`pred`: spatial_prediction(rec), when the caller has it).
-        The encoder and the decoder both call this, with the same tensors."""
-        passes, _ = self._pass_layout(shape)
+        from their spatial prediction (only those rows are computed; `pred`: theirs,
+        spatial_prediction(rec, shape, at), when the caller has it).  The encoder and the decoder
+        both call this, with the same tensors."""
+        at = self._pass_tokens(shape, p)
         if pred is None:
-            pred = self.spatial_prediction(rec, shape)
-        return torch.where((passes == p)[:, None], self.rebuild(z_vq, pred, modes, coefs, step), rec)
+            pred = self.spatial_prediction(rec, shape, at)
+        rec = rec.clone()
+        rec[at] = self.rebuild(z_vq[at], pred, modes[at], coefs[at], step)
+        return rec
+
+    def _pass_tokens(self, shape: tuple[int, int], p: int) -> torch.Tensor:
+        """Positions (n,) of a fresh group's pass-p tokens."""
+        passes, _ = self._pass_layout(shape)
+        return torch.nonzero(passes == p)[:, 0]
 
     def near_pass(self, rec: torch.Tensor, modes: torch.Tensor, coefs: torch.Tensor, step: float,
                   shape: tuple[int, int], p: int) -> torch.Tensor:
@@ -537,33 +545,33 @@ class SegmentCoder:
         latent, each token's reference indices for the next group's index contexts)."""
         step = step_for_quality(quality)
         lam = LAMBDA * step * step  # x 0.25 .. 2 measured the same (BENCHMARKS.md)
-        passes, _ = self._pass_layout(shape)
         S, N = idx.shape
         g = idx.reshape(S, *shape).cpu().numpy()
         never = torch.full((N,), NEVER, dtype=torch.long, device=self.device)
         mode = torch.full((N,), INTRA, dtype=torch.long, device=self.device)
-        coefs = c_intra
+        coefs = c_intra.clone()
         rec = self.rebuild(z_vq, None, None, c_intra, step)
         r_intra = self._coef_rate(c_intra, 0, quality, never)
         d_intra = ((z - rec) ** 2).sum(1)
-        for p in range(1, FRESH_PASSES):
-            sel = passes == p
-            pred = self.spatial_prediction(rec, shape)
-            c_inter = scalar_quantise((z - pred) @ self.basis.t(), step, COEF_MAX, DEADZONE)
+        for p in range(1, FRESH_PASSES):  # each pass's tokens only (1/64 .. 1/2 of them)
+            at = self._pass_tokens(shape, p)
+            pred, src = self.spatial_prediction(rec, shape, at), z[at]
+            c_inter = scalar_quantise((src - pred) @ self.basis.t(), step, COEF_MAX, DEADZONE)
             z_inter = pred + (c_inter.float() * step) @ self.basis
             m = mode.reshape(shape).cpu().numpy()
             rows = 0 if self.coder is None else torch.from_numpy(  # the index contexts if intra
                 first_index_keys(g, m, self.coder.codes, p).reshape(S, N) % index_rows(self.coder.codes)
-            ).to(self.device)
-            costs = torch.stack([d_intra + lam * (self._index_rate(idx, rows) + r_intra),
-                                 ((z - pred) ** 2).sum(1),
-                                 ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, quality, never)])
+            ).to(self.device)[:, at]
+            costs = torch.stack([d_intra[at] + lam * (self._index_rate(idx[:, at], rows) + r_intra[at]),
+                                 ((src - pred) ** 2).sum(1),
+                                 ((src - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, quality, never[at])])
             if self._mode_bits is not None:
-                ctx = torch.from_numpy(fresh_mode_contexts(m).reshape(-1)).to(self.device)
+                ctx = torch.from_numpy(fresh_mode_contexts(m).reshape(-1)).to(self.device)[at]
                 costs += lam * self._mode_bits[ctx].t()
-            mode = torch.where(sel, costs.argmin(0), mode)
-            coefs = torch.where((sel & (mode == INTER))[:, None], c_inter,
-                                torch.where((sel & (mode == SKIP))[:, None], 0, coefs))
+            choice = costs.argmin(0)
+            mode[at] = choice
+            coefs[at] = torch.where((choice == INTER)[:, None], c_inter,
+                                    torch.where((choice == SKIP)[:, None], 0, coefs[at]))
             rec = self.fresh_pass(rec, z_vq, mode, coefs, step, shape, p, pred)
         ref = torch.from_numpy(first_refs(g, mode.reshape(shape).cpu().numpy()).reshape(S, N)).to(self.device)
         return mode, coefs, rec, ref
