@@ -136,7 +136,7 @@ FRESH_LEVELS = 3                     # a fresh group's levels of spatial predict
 FRESH_PASSES = 2 * FRESH_LEVELS + 1  # its passes over its tokens (first_passes)
 NEAR_MODE_LEVELS = 1                 # the levels of a later group's near modes (near_passes)
 NEAR_PASSES = 2 * NEAR_MODE_LEVELS + 1
-MODE_SPATIAL = 26      # a fresh group's pass-2 modes; its pass-3 modes: MODE_SPATIAL + 1 + changed neighbours
+MODE_SPATIAL = 26      # a fresh group's finest across pass; its down pass: MODE_SPATIAL + 1 + changed neighbours
 MODE_NEAR = 30         # a later group's near modes: MODE_NEAR + (0 in near pass 1, 3 in near pass 2) + neighbours not INTRA
 MODE_COARSE = MODE_NEAR + 6  # a fresh group's coarser levels' modes, 4 contexts per level (fresh_mode_contexts)
 MODE_CONTEXTS = MODE_COARSE + 4 * (FRESH_LEVELS - 1)
@@ -343,8 +343,9 @@ def first_passes(h: int, w: int) -> np.ndarray:
     """(h, w) pass (0 .. FRESH_PASSES - 1) of each token of a fresh group, coarse to fine: pass 0
     the tokens (i, j) with i and j multiples of 2**FRESH_LEVELS; then, level by level, a pass of
     tokens predicted from their left and right neighbours r tokens away, then one from the
-    tokens r above and below (r = 2**(FRESH_LEVELS - 1) .. 2, 1; _fresh_grid).  With two
-    levels: 0 (4i, 4j); 1 (4i, 4j + 2); 2 (4i + 2, 2j); 3 (2i, 2j + 1); 4 (2i + 1, j)."""
+    tokens r above and below (r = 2**(FRESH_LEVELS - 1) .. 2, 1; _fresh_grid).  With three
+    levels: 0 (8i, 8j); 1 (8i, 8j + 4); 2 (8i + 4, 4j); 3 (4i, 4j + 2); 4 (4i + 2, 2j);
+    5 (2i, 2j + 1); 6 (2i + 1, j)."""
     return _fresh_grid(h, w, FRESH_LEVELS)[0]
 
 
@@ -384,7 +385,7 @@ def near_neighbours(h: int, w: int) -> np.ndarray:
 
 
 def fresh_modes(modes: np.ndarray) -> np.ndarray:
-    """A fresh group's (h, w) modes as coded: pass-1 tokens INTRA."""
+    """A fresh group's (h, w) modes as coded: pass-0 tokens INTRA."""
     return np.where(first_passes(*modes.shape) == 0, INTRA, modes).astype(np.int64)
 
 
@@ -441,8 +442,9 @@ def near_places(modes: np.ndarray) -> np.ndarray:
 
 
 def near_contexts(modes: np.ndarray) -> np.ndarray:
-    """(h, w) near-mode contexts of a later group (from its modes as coded): MODE_NEAR + 3 x
-    (first_passes - 1) + how many of the token's two neighbours (first_neighbours) are not INTRA."""
+    """(h, w) near-mode contexts of a later group (from its modes as coded): MODE_NEAR + (0 in a
+    left-right near pass, 3 in an above-below one) + how many of the token's two neighbours
+    (near_neighbours) are not INTRA."""
     h, w = modes.shape
     other = (main_modes(modes) != INTRA).reshape(-1)
     a, b = near_neighbours(h, w)
