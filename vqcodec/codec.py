@@ -216,7 +216,7 @@ class SegmentCoder:
         self._flag_bits = to_dev(self.coder.flag_bits) if self.coder else None
         self._bucket = torch.as_tensor(NNZ_BUCKET, device=device)  # entropy.py's contexts, on the device
         self._edges = torch.tensor(HISTORY_EDGES, device=device)
-        self._layout: tuple = (None,)  # (shape, fresh-group passes, neighbours) on the device
+        self._layout: tuple = (None,)  # (shape, (fresh passes, neighbours), (near passes, neighbours)) on the device
 
     def analyse(self, frames: list[Frame], steps: int = 0) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
         """Per temporal group, in order: its latent tokens (N, D) (the analysis', then `steps`

@@ -321,7 +321,7 @@ def index_rows(codes: int) -> int:
     return 2 * codes + 1
 
 
-def _fresh_grid(h: int, w: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
+def _pass_grid(h: int, w: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
     """(pass, reach) (h, w) of each token of a `levels`-level layout: pass 0 the tokens (i, j) with
     i and j multiples of 2**levels; then level by level, coarse to fine, with r = 2**(levels - 1)
     .. 1: the tokens with i a multiple of 2r and j an odd multiple of r (their left and right
@@ -343,23 +343,26 @@ def first_passes(h: int, w: int) -> np.ndarray:
     """(h, w) pass (0 .. FRESH_PASSES - 1) of each token of a fresh group, coarse to fine: pass 0
     the tokens (i, j) with i and j multiples of 2**FRESH_LEVELS; then, level by level, a pass of
     tokens predicted from their left and right neighbours r tokens away, then one from the
-    tokens r above and below (r = 2**(FRESH_LEVELS - 1) .. 2, 1; _fresh_grid).  With three
+    tokens r above and below (r = 2**(FRESH_LEVELS - 1) .. 2, 1; _pass_grid).  With three
     levels: 0 (8i, 8j); 1 (8i, 8j + 4); 2 (8i + 4, 4j); 3 (4i, 4j + 2); 4 (4i + 2, 2j);
     5 (2i, 2j + 1); 6 (2i + 1, j)."""
-    return _fresh_grid(h, w, FRESH_LEVELS)[0]
+    return _pass_grid(h, w, FRESH_LEVELS)[0]
 
 
 def near_passes(h: int, w: int) -> np.ndarray:
     """(h, w) pass (0 .. NEAR_PASSES - 1) of each token of a later group for its near mode
     (near_places): the layout of first_passes with NEAR_MODE_LEVELS levels (one: the (even, even)
     tokens, which code no near mode, then the rest of the even rows, then the odd rows)."""
-    return _fresh_grid(h, w, NEAR_MODE_LEVELS)[0]
+    return _pass_grid(h, w, NEAR_MODE_LEVELS)[0]
 
 
-def _neighbours(h: int, w: int, across: np.ndarray, down: np.ndarray, reach: np.ndarray) -> np.ndarray:
-    """(2, h, w) raster positions of each token's two neighbours `reach` tokens away: left and
-    right where `across`, above and below where `down`, itself elsewhere; where the second lies
-    outside the picture, the first stands for it."""
+def _pass_neighbours(h: int, w: int, levels: int) -> np.ndarray:
+    """(2, h, w) raster positions of the two neighbours each token of a `levels`-level layout
+    (_pass_grid) is predicted from, both of earlier passes: in pass 0 itself (no prediction); in
+    an odd pass the tokens `reach` to its left and right, in an even one `reach` above and below.
+    Where the second lies outside the picture, the first stands for it."""
+    p, reach = _pass_grid(h, w, levels)
+    across, down = p % 2 == 1, (p % 2 == 0) & (p > 0)
     i, j = np.arange(h)[:, None], np.arange(w)[None, :]
     right = np.where(j + reach < w, j + reach, j - reach)
     below = np.where(i + reach < h, i + reach, i - reach)
@@ -369,19 +372,14 @@ def _neighbours(h: int, w: int, across: np.ndarray, down: np.ndarray, reach: np.
 
 
 def first_neighbours(h: int, w: int) -> np.ndarray:
-    """(2, h, w) raster positions of the two neighbours a fresh group's token is predicted from,
-    both of earlier passes: in pass 0 itself (no prediction); in an odd pass the tokens `reach` to
-    its left and right, in an even one `reach` above and below (_fresh_grid).  Where the second
-    lies outside the picture, the first stands for it."""
-    p, r = _fresh_grid(h, w, FRESH_LEVELS)
-    return _neighbours(h, w, p % 2 == 1, (p % 2 == 0) & (p > 0), r)
+    """(2, h, w) the two neighbours a fresh group's token is predicted from (_pass_neighbours)."""
+    return _pass_neighbours(h, w, FRESH_LEVELS)
 
 
 def near_neighbours(h: int, w: int) -> np.ndarray:
     """(2, h, w) the two neighbours a later group's near token is predicted from (near_passes):
-    left and right in an odd pass, above and below in an even one."""
-    p, r = _fresh_grid(h, w, NEAR_MODE_LEVELS)
-    return _neighbours(h, w, p % 2 == 1, (p % 2 == 0) & (p > 0), r)
+    left and right in near pass 1, above and below in near pass 2."""
+    return _pass_neighbours(h, w, NEAR_MODE_LEVELS)
 
 
 def fresh_modes(modes: np.ndarray) -> np.ndarray:

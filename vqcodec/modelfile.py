@@ -122,7 +122,8 @@ def load_model(path: Path | None = None, device: str = "cpu", need_tables: bool 
                        for t in (raw[name] for name in TABLE_NAMES))
     if need_tables and raw.get("version", 0) < VERSION:
         raise VqvError(f"{path}: a model file of an earlier vqcodec (version {raw.get('version')}); its entropy "
-                       f"tables predate this vqcodec's .vqv format (model file version {VERSION}): refit them (scripts/train_default.py --tables-only) or "
+                       f"tables predate this vqcodec's .vqv format (model file version {VERSION}): refit them "
+                       "(scripts/train_default.py --tables-only) or "
                        "start a training from it with --init")
     if need_tables and tables is None:
         raise VqvError(f"{path}: a training checkpoint without entropy tables; finalise it first "
