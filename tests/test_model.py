@@ -46,3 +46,27 @@ def test_invert_steps_bring_the_synthesis_back_to_real_planes(model, carphone_fr
         err = [float(((net.decoder(net.invert(y, u, v, k)) - x) ** 2).mean()) for k in range(3)]
     # the analysis alone is ~43 dB from carphone; each step cuts the round trip's error several-fold
     assert err[1] < err[0] / 3 and err[2] < err[1]
+
+
+def test_the_networks_floats_do_not_depend_on_threads_or_batch(model):
+    # the codec synthesises from latent tokens (N, D) viewed as a grid; there a channels-first 1x1
+    # convolution added in an order that depended on the thread count, and the encoder's choices,
+    # and the decoder's pictures, must not
+    net = model.net
+    g = torch.Generator().manual_seed(5)
+    h, w = 30, 50
+    tokens = torch.randn(2, h * w, net.config.dim, generator=g) * 0.3
+    x = planes(2, net.config.frames, 4 * h, 4 * w, seed=5)
+    threads = torch.get_num_threads()
+    out = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                out[n] = (net.synthesis(tokens[0].t().reshape(1, -1, h, w)), net.invert(*x, 1),
+                          net.invert(*(p[1:] for p in x), 1))
+    finally:
+        torch.set_num_threads(threads)
+    (syn1, z1, one1), (syn2, z2, one2) = out[1], out[2]
+    assert all(torch.equal(a, b) for a, b in zip(syn1, syn2)) and torch.equal(z1, z2)
+    assert torch.equal(one1[0], z1[1]) and torch.equal(one2[0], z2[1])  # a batch of one: the same floats
