@@ -216,6 +216,7 @@ class SegmentCoder:
         self._flag_bits = to_dev(self.coder.flag_bits) if self.coder else None
         self._bucket = torch.as_tensor(NNZ_BUCKET, device=device)  # entropy.py's contexts, on the device
         self._edges = torch.tensor(HISTORY_EDGES, device=device)
+        self._zero_rates: dict[tuple[int, int], torch.Tensor] = {}  # (quality, kind) -> an all-zero token's bits per history
         self._layout: tuple = (None,)  # (shape, (fresh passes, neighbours), (near passes, neighbours)) on the device
 
     def analyse(self, frames: list[Frame], steps: int = 0) -> Iterator[tuple[torch.Tensor, tuple[torch.Tensor, ...]]]:
@@ -263,6 +264,20 @@ class SegmentCoder:
             a = c.abs().float()
             return torch.where(a == 0, 0.3, 2.5 + 2 * torch.log2(a.clamp(min=1))).sum(1)
         table = self._coef_bits[quality - 1, kind]  # (P, contexts, symbols)
+        # most tokens' coefficients are all zero: their bits depend on the history alone, read
+        # from a row per history worked out once (the same sum as working it out per token)
+        zero = self._zero_rates.get((quality, kind))
+        if zero is None:
+            every = torch.arange(NEVER + 1, device=c.device)
+            zero = self._zero_rates[quality, kind] = self._table_rate(table, c.new_zeros(len(every), c.shape[1]), every)
+        rates = zero[hist]
+        coded = torch.nonzero(c.any(1))[:, 0]
+        if len(coded):
+            rates[coded] = self._table_rate(table, c[coded], hist[coded])
+        return rates
+
+    def _table_rate(self, table: torch.Tensor, c: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+        """_coef_rate's sum over each token's positions from one quality's and kind's table."""
         contexts, width = table.shape[1:]
         nz = (c != 0).int()
         before = nz.cumsum(1, dtype=torch.int32).sub_(nz).clamp_(max=4)  # non-zeros before each position
@@ -318,9 +333,13 @@ class SegmentCoder:
         temporal = py.cpu().numpy(), px.cpu().numpy()
         pass_b = torch.from_numpy(mv_pass_b(shape)).to(self.device)
 
+        table, width = self._mv_bits.reshape(-1), self._mv_bits.shape[1]  # rows (context) of symbols, flat
+
         def bits(dy, dx, qy, qx, k):
-            ey, ex = (dy - qy).clamp(-MV_MAX, MV_MAX), (dx - qx).clamp(-MV_MAX, MV_MAX)
-            return self._mv_bits[k, ey + MV_MAX] + self._mv_bits[MV_Y_CONTEXTS + 2 * k + (ey != 0).long(), ex + MV_MAX]
+            ey, ex = (dy - qy).clamp_(-MV_MAX, MV_MAX), (dx - qx).clamp_(-MV_MAX, MV_MAX)
+            row = k * width + MV_MAX
+            x_row = (ey != 0).long().mul_(width).add_((2 * width) * k + (MV_Y_CONTEXTS * width + MV_MAX))
+            return table.take(row + ey).add_(table.take(x_row.add_(ex)))
 
         # the last field (its two tensors) and each block's prediction and context in it: pass B's
         # from the field, pass A's from the previous group
@@ -443,7 +462,7 @@ class SegmentCoder:
         """entropy.first_passes and first_neighbours on the device, flattened: (N,), (2, N); with
         `near`, a later group's near_passes and near_neighbours."""
         if self._layout[0] != shape:
-            dev = lambda a, *s: torch.from_numpy(a.reshape(*s, -1)).to(self.device)
+            dev = lambda a, *s: torch.tensor(a.reshape(*s, -1), device=self.device)  # a copy: the layouts are read-only
             self._layout = (shape, (dev(first_passes(*shape)), dev(first_neighbours(*shape), 2)),
                             (dev(near_passes(*shape)), dev(near_neighbours(*shape), 2)))
         return self._layout[2 if near else 1]

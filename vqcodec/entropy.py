@@ -105,6 +105,7 @@ range-coder stream.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -277,9 +278,16 @@ def _neighbours4(m: np.ndarray) -> np.ndarray:
     return p[:-2, 1:-1] + p[2:, 1:-1] + p[1:-1, :-2] + p[1:-1, 2:]
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """a, read-only: the layouts below are cached per picture size and shared by every caller."""
+    a.flags.writeable = False
+    return a
+
+
+@lru_cache(maxsize=16)
 def parity(h: int, w: int) -> np.ndarray:
     """True where a token belongs to pass B ((i + j) odd)."""
-    return (np.add.outer(np.arange(h), np.arange(w)) & 1).astype(bool)
+    return _frozen((np.add.outer(np.arange(h), np.arange(w)) & 1).astype(bool))
 
 
 def mode_contexts_a(prev_moved: np.ndarray | None, h: int, w: int) -> np.ndarray:
@@ -321,6 +329,7 @@ def index_rows(codes: int) -> int:
     return 2 * codes + 1
 
 
+@lru_cache(maxsize=16)
 def _pass_grid(h: int, w: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
     """(pass, reach) (h, w) of each token of a `levels`-level layout: pass 0 the tokens (i, j) with
     i and j multiples of 2**levels; then level by level, coarse to fine, with r = 2**(levels - 1)
@@ -336,7 +345,7 @@ def _pass_grid(h: int, w: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
         down = (i % (2 * r) == r) & (j % r == 0)
         passes = np.where(across, 1 + 2 * n, np.where(down, 2 + 2 * n, passes))
         reach = np.where(across | down, r, reach)
-    return passes, reach
+    return _frozen(passes), _frozen(reach)
 
 
 def first_passes(h: int, w: int) -> np.ndarray:
@@ -356,6 +365,7 @@ def near_passes(h: int, w: int) -> np.ndarray:
     return _pass_grid(h, w, NEAR_MODE_LEVELS)[0]
 
 
+@lru_cache(maxsize=16)
 def _pass_neighbours(h: int, w: int, levels: int) -> np.ndarray:
     """(2, h, w) raster positions of the two neighbours each token of a `levels`-level layout
     (_pass_grid) is predicted from, both of earlier passes: in pass 0 itself (no prediction); in
@@ -368,7 +378,7 @@ def _pass_neighbours(h: int, w: int, levels: int) -> np.ndarray:
     below = np.where(i + reach < h, i + reach, i - reach)
     a = np.select([across, down], [i * w + j - reach, (i - reach) * w + j], i * w + j)
     b = np.select([across, down], [i * w + right, below * w + j], i * w + j)
-    return np.stack([a, b])
+    return _frozen(np.stack([a, b]))
 
 
 def first_neighbours(h: int, w: int) -> np.ndarray:
