@@ -185,6 +185,26 @@ def test_blocks_cut_by_the_pictures_edge_find_their_motion_too(h, w):
     assert exact.mean() >= 0.95 and exact[:, -1].mean() >= 0.85, (dy, dx)
 
 
+
+@pytest.mark.parametrize("h, w", [(160, 192), (150, 182)])
+def test_blocks_left_out_of_the_search_stand_still_and_the_rest_find_their_motion(h, w):
+    # the whole picture moves; a checkerboard of blocks (the cut last column among them) is searched
+    big = _picture(h, w, 3)
+    z = torch.zeros(h, w, dtype=torch.long)
+    frames = [shift(big, z + 2 * k, z - 7 * k, SUB) / 255.0 for k in range(4)]
+    ref, src = torch.stack(frames[:2]).mul(255).round().div(255), torch.stack(frames[2:])
+    hb, wb = -(-h // 16), -(-w // 16)
+    active = (torch.arange(hb)[:, None] + torch.arange(wb)[None, :]) % 2 == 0
+    every = search(src, ref, 4)
+    mv = search(src, ref, 4, active=active)
+    assert (mv[~active] == ZERO).all() and (every[~active] != ZERO).all()
+    dy, dx = vector(mv)
+    inner = torch.zeros(hb, wb, dtype=torch.bool)
+    inner[1:-1, 1:] = True
+    found = ((dy == 2) & (dx == -7))[active & inner].float()
+    assert found.mean() >= 0.95, (dy, dx)
+    assert torch.equal(search(src, ref, 4, active=torch.ones(hb, wb, dtype=torch.bool)), every)
+
 def test_blocks_take_their_neighbours_vectors_where_those_cost_less(monkeypatch):
     # a pan over a periodic pattern: every period offset matches about as well, so each block's
     # own search settles on its own; its neighbours' vectors are tried after it and kept where

@@ -362,8 +362,9 @@ class SegmentCoder:
         previous group's latent z_prev and decoded planes `recon`; blocks whose tokens are all `still` stand
         still.  prev_mv: the previous group's vectors (their prediction), None in the segment's
         second group."""
+        active = motion.block_sums((~still).float(), shape) > 0  # the others stand still whatever the search finds
         mv = motion.search(planes[0], recon[0], self.cfg.patch, self._mv_rate(prev_mv, motion.grid_shape(*shape)),
-                           MV_LAMBDA * 255.0 * step, prev_mv)
+                           MV_LAMBDA * 255.0 * step, prev_mv, active)
         if not bool((mv != motion.ZERO).any()):
             return mv, z_prev
         pred = motion.predict(recon, mv, self.cfg.patch)
@@ -372,7 +373,7 @@ class SegmentCoder:
         x = to_tubes(*(p[None] for p in planes), self.cfg.patch)
         err = lambda frames: motion.block_sums(
             ((to_tubes(*(p[None] for p in frames), self.cfg.patch) - x) ** 2).sum(1).reshape(-1), shape)
-        moving = (err(pred) < MC_GAIN * err(recon)) & (motion.block_sums((~still).float(), shape) > 0)
+        moving = (err(pred) < MC_GAIN * err(recon)) & active
         kept = torch.where(moving, mv, motion.ZERO)
         if not torch.equal(kept, mv):  # the edges overlap and the network sees across blocks: predict again
             pred = motion.predict(recon, kept, self.cfg.patch, update=(pred, mv))

@@ -244,7 +244,7 @@ def _from_neighbour(v: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None = None, lam: float = 0.0,
-           guess: torch.Tensor | None = None) -> torch.Tensor:
+           guess: torch.Tensor | None = None, active: torch.Tensor | None = None) -> torch.Tensor:
     """Best vector symbol per block: src luma (T, H, W) of the group, ref luma (T, H, W) of the
     previous group's decoded frames, in [0, 1] (H, W multiples of patch) -> (Hb, Wb) long.
     A vector's cost is the sum over the group's frames t of the absolute differences between
@@ -252,7 +252,9 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     prediction, its edges not overlapped), plus `lam` times its bits under `rate` (the caller's
     model of the vector's code length, given the field as the search held it when the candidate's
     round began: where pictures match about as well anywhere, the cheapest vector wins).  `guess` (Hb, Wb): vector
-    symbols tried as a second start for the refinement (the caller's prediction)."""
+    symbols tried as a second start for the refinement (the caller's prediction).  `active` (Hb, Wb):
+    the blocks to search; the others take the still vector without one (and stand still in the
+    field the others' rates and neighbour candidates see)."""
     if not lam:
         rate = None
     side = BLOCK * patch
@@ -281,6 +283,8 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
         costs += lam / (16 * T) * rate(oy.expand(-1, hb, wb), ox.expand(-1, hb, wb), None, None)
     best = costs.argmin(0)
     vy, vx = o[best // n], o[best % n]  # quarter pixels
+    if active is not None:
+        vy, vx = vy * active, vx * active
     # 2. refine at full resolution: whole pixels +-2 by 2 then +-1, then half and quarter pixels
     # the reference is padded as far as any candidate can reach: the starts, then at most
     # 2 + 1 + 1/2 + 1/4 pixels of refinement, a neighbour's vector (as far), 1/2 + 1/4 pixel more
@@ -302,21 +306,33 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     inside = W - (wb - 1) * side  # columns of the last block column inside the picture
     sb = s.reshape(T, hb, side, wb, side).permute(0, 1, 3, 2, 4).contiguous()
 
-    times = at(T)[:, None, None] + 1
+    times = at(T)[:, None] + 1
+    nb = hb * wb
+    sel = None if active is None or bool(active.all()) else torch.nonzero(active.reshape(-1))[:, 0]
+    block_rows = row_at.reshape(nb, side) if sel is None else row_at.reshape(nb, side)[sel]
+    sb = sb.reshape(T, nb, side, side) if sel is None else sb.reshape(T, nb, side, side)[:, sel]
+    edge = at(nb) % wb == wb - 1  # the last column's blocks, cut by the picture's right edge where inside < side
+    edge = torch.nonzero(edge if sel is None else edge[sel])[:, 0]
 
     def cost(ty, tx):  # every frame of the group in one gather: frame t displaced by (t + 1) (ty, tx)
-        dy, dx = times * ty, times * tx
+        ty, tx = ty.reshape(-1), tx.reshape(-1)
+        if sel is not None:  # the active blocks only; the others' cost is 0 (they never change)
+            ty, tx = ty[sel], tx[sel]
+        dy, dx = times * ty, times * tx  # (T, blocks)
         iy, ix = torch.div(dy, SUB, rounding_mode="floor"), torch.div(dx, SUB, rounding_mode="floor")
         phase = (dy - iy * SUB) * SUB + (dx - ix * SUB)
         off = (phase * (Hq * Wq) + iy * Wq + ix)[..., None]
-        got = runs.index_select(0, (row_at + off).reshape(-1)).reshape(T, hb, wb, side, side)
+        got = runs.index_select(0, (block_rows + off).reshape(-1)).reshape(T, -1, side, side)
         if inside < side:  # past the picture's right edge the edge column repeats, as in the source
-            got[:, :, -1, :, inside:] = got[:, :, -1, :, inside - 1:inside]
-        frames = got.sub_(sb).abs_().sum((3, 4))
+            got[:, edge, :, inside:] = got[:, edge, :, inside - 1:inside]
+        # a block's sum is of multiples of 1/16 below 2**21: exact in any order
+        frames = got.sub_(sb).abs_().sum((2, 3))
         total = frames[0]
-        for t in range(1, T):  # frame by frame, in order: the same sums as adding each frame's
+        for t in range(1, T):
             total = total + frames[t]
-        return total
+        if sel is None:
+            return total.reshape(hb, wb)
+        return total.new_zeros(nb).index_copy_(0, sel, total).reshape(hb, wb)
 
     # each candidate's bits given the field as it stood when its round of candidates began (the
     # same field objects for the whole round, so the caller may work out what depends on it once)
@@ -334,6 +350,8 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
 
     # other starts: no motion (the coarse stage, on one frame and at a quarter of the resolution,
     # can be fooled by a far match), and the caller's guess
+    if active is not None:  # a block left out keeps the still vector: nothing is cheaper than its best
+        best = best.masked_fill(~active, -float("inf"))
     keep(c0 + r0, zero, zero)
     if guess is not None:
         gy, gx = vector(guess)
