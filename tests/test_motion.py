@@ -127,6 +127,27 @@ def test_overlapped_prediction_is_the_per_pixel_mix_of_the_neighbours_shifts(h, 
         assert torch.equal(same, motion.shift_blocks(p, dy * 0 + 5, dx * 0 - 3, side, denom))
 
 
+
+@pytest.mark.parametrize("h, w", [(72, 88), (44, 60)])
+def test_a_mostly_still_prediction_is_the_whole_overlapped_computation(h, w):
+    # blocks that stand still among still neighbours are not computed but copied from the last
+    # frame: the values must be those of computing every block
+    patch, g = 4, torch.Generator().manual_seed(h + w)
+    planes = tuple(torch.stack([_picture(h // s, w // s, seed=s + t) for t in range(2)]) / 255.0
+                   for s in (1, 2, 2))
+    hb, wb = motion.grid_shape(h // patch, w // patch)
+    mv = torch.full((hb, wb), ZERO)
+    mv[0, 1], mv[hb - 1, wb - 1] = torch.randint(0, motion.VECTORS, (2,), generator=g)
+    got = predict(planes, mv, patch)
+    dy, dx = vector(mv)
+    for c, p in enumerate(planes):
+        s = 1 if c == 0 else 2
+        last = p[-1].mul(255.0).round()
+        for t in range(2):
+            whole = motion.overlapped(last, (t + 1) * dy, (t + 1) * dx, BLOCK * patch // s, SUB * s) / 255.0
+            assert torch.equal(got[c][t], whole), (c, t)
+    assert torch.equal(predict(planes, torch.full((hb, wb), ZERO), patch)[0], planes[0][-1:].expand(2, -1, -1))
+
 @pytest.mark.parametrize("h, w", [(72, 88), (64, 64)])
 def test_updating_a_prediction_recomputes_only_what_changed_and_equals_the_whole(h, w):
     # the encoder drops some blocks' vectors and predicts again: only the blocks touched (those

@@ -205,9 +205,14 @@ def predict(planes: tuple[torch.Tensor, ...], symbols: torch.Tensor, patch: int,
     frame displaced by (t + 1) * v, each block's edges overlapped with its neighbours'
     predictions (`overlapped`).  update = (prediction, its vectors): the prediction from the same
     planes with other vectors; only the blocks the change touches are computed again (the
-    same values as computing it all)."""
+    same values as computing it all).  Without one, the blocks that stand still among still
+    neighbours take the last frame as it is (8-bit values: what computing them gives)."""
     dy, dx = vector(symbols)
-    only = None if update is None else _touched(symbols, update[1])
+    if update is None:  # a block that stands still among still neighbours predicts the last frame itself
+        update = tuple(p[-1:].expand_as(p) for p in planes), torch.full_like(symbols, ZERO)
+    only = _touched(symbols, update[1])
+    if len(only) == symbols.numel():
+        only = None
     out = []
     for c, p in enumerate(planes):
         s = 1 if c == 0 else 2
