@@ -53,9 +53,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Channels-last from end to end, the edge padding included: on a CPU the 1x1 convolution
-        # of a channels-first tensor adds in an order that depends on the thread count (1 and 2
-        # threads differ in the last bit on a 720p picture), this way every thread count and
-        # batch size gives the same floats, as fast.
+        # of a channels-first tensor adds in an order that depends on the thread count (the
+        # synthesis of a latent viewed from its tokens gave other last bits with 1 thread than
+        # with 2); this way every thread count and batch size gives the same floats, as fast.
         x = x.contiguous(memory_format=torch.channels_last)
         padded = F.pad(x, (1, 1, 1, 1), mode="replicate").contiguous(memory_format=torch.channels_last)
         h = F.conv2d(padded, self.conv.weight, self.conv.bias)
