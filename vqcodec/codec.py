@@ -363,6 +363,8 @@ class SegmentCoder:
         still.  prev_mv: the previous group's vectors (their prediction), None in the segment's
         second group."""
         active = motion.block_sums((~still).float(), shape) > 0  # the others stand still whatever the search finds
+        if not bool(active.any()):  # a still group (a static scene): nothing to search
+            return torch.full(active.shape, motion.ZERO, dtype=torch.long, device=self.device), z_prev
         mv = motion.search(planes[0], recon[0], self.cfg.patch, self._mv_rate(prev_mv, motion.grid_shape(*shape)),
                            MV_LAMBDA * 255.0 * step, prev_mv, active)
         if not bool((mv != motion.ZERO).any()):
