@@ -337,9 +337,10 @@ class SegmentCoder:
 
         def bits(dy, dx, qy, qx, k):
             ey, ex = (dy - qy).clamp_(-MV_MAX, MV_MAX), (dx - qx).clamp_(-MV_MAX, MV_MAX)
-            row = k * width + MV_MAX
-            x_row = (ey != 0).long().mul_(width).add_((2 * width) * k + (MV_Y_CONTEXTS * width + MV_MAX))
-            return table.take(row + ey).add_(table.take(x_row.add_(ex)))
+            # dy in row k, dx in row MV_Y_CONTEXTS + 2 k + (ey != 0) (entropy.mv_x_contexts)
+            y_at = k * width + MV_MAX
+            x_at = (ey != 0).long().mul_(width).add_((2 * width) * k + (MV_Y_CONTEXTS * width + MV_MAX))
+            return table.take(y_at + ey).add_(table.take(x_at.add_(ex)))
 
         # the last field (its two tensors) and each block's prediction and context in it: pass B's
         # from the field, pass A's from the previous group

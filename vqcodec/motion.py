@@ -314,10 +314,12 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     times = at(T)[:, None] + 1
     nb = hb * wb
     sel = None if active is None or bool(active.all()) else torch.nonzero(active.reshape(-1))[:, 0]
-    block_rows = row_at.reshape(nb, side) if sel is None else row_at.reshape(nb, side)[sel]
-    sb = sb.reshape(T, nb, side, side) if sel is None else sb.reshape(T, nb, side, side)[:, sel]
-    edge = at(nb) % wb == wb - 1  # the last column's blocks, cut by the picture's right edge where inside < side
-    edge = torch.nonzero(edge if sel is None else edge[sel])[:, 0]
+    # each searched block's row starts, source pixels and whether it is in the last column (cut by
+    # the picture's right edge where inside < side)
+    block_rows, sb, edge = row_at.reshape(nb, side), sb.reshape(T, nb, side, side), at(nb) % wb == wb - 1
+    if sel is not None:
+        block_rows, sb, edge = block_rows[sel], sb[:, sel], edge[sel]
+    edge = torch.nonzero(edge)[:, 0]
 
     def cost(ty, tx):  # every frame of the group in one gather: frame t displaced by (t + 1) (ty, tx)
         ty, tx = ty.reshape(-1), tx.reshape(-1)
@@ -330,11 +332,8 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
         got = runs.index_select(0, (block_rows + off).reshape(-1)).reshape(T, -1, side, side)
         if inside < side:  # past the picture's right edge the edge column repeats, as in the source
             got[:, edge, :, inside:] = got[:, edge, :, inside - 1:inside]
-        # a block's sum is of multiples of 1/16 below 2**21: exact in any order
-        frames = got.sub_(sb).abs_().sum((2, 3))
-        total = frames[0]
-        for t in range(1, T):
-            total = total + frames[t]
+        # a block's sum over up to 16 frames is of multiples of 1/16 below 2**24: exact in any order
+        total = got.sub_(sb).abs_().sum((0, 2, 3))
         if sel is None:
             return total.reshape(hb, wb)
         return total.new_zeros(nb).index_copy_(0, sel, total).reshape(hb, wb)
