@@ -201,19 +201,20 @@ def test_the_decoder_rebuilds_exactly_what_the_encoder_predicted_from(make_clip,
 def test_a_moving_blocks_prediction_decodes_to_the_predicted_picture(carphone_frames, model):
     from vqcodec import motion
     from vqcodec.codec import SegmentCoder
+    from vqcodec.exact import planes_to_tokens
     coder = SegmentCoder(model, "cpu")
     shape = coder.grid(carphone_frames)
     z0, planes0 = next(coder.analyse(carphone_frames[:2]))
     mv = torch.full(motion.grid_shape(*shape), motion.symbol(torch.tensor(3), torch.tensor(-5)), dtype=torch.long)
     pred = motion.predict(planes0, mv, coder.cfg.patch)
-    with torch.no_grad():
-        # every block moves, so every token takes its latent from the predicted picture
-        analysed = coder.net.analysis(*(p[None] for p in pred))[0].reshape(z0.shape[1], -1).t()
-        predicted = coder.base(z0, planes0, mv, shape)
-        # the format's prediction: the encoder's latent of the picture and one correction step
-        assert torch.equal(predicted, coder.net.invert(*(p[None] for p in pred), 1)[0].reshape(z0.shape[1], -1).t())
-        err = [sum(float(((a - b) ** 2).mean()) for a, b in zip(coder.planes(z, shape), pred))
-               for z in (analysed, predicted)]
+    x = planes_to_tokens(pred, coder.cfg.patch)
+    # every block moves, so every token takes its latent from the predicted picture
+    analysed = coder.exact.invert(x, shape, 0)
+    predicted = coder.base(z0, planes0, mv, shape)
+    # the format's prediction: the exact analysis of the picture and one correction step
+    assert torch.equal(predicted, coder.exact.invert(x, shape, 1))
+    err = [sum(float(((a - b) ** 2).mean()) for a, b in zip(coder.planes(z, shape), pred))
+           for z in (analysed, predicted)]
     assert err[1] < err[0] / 3
 
 

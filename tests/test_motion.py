@@ -76,8 +76,8 @@ def test_block_by_block_prediction_is_shift_bit_for_bit(h, w):
 
 def test_predict_moves_each_frame_by_its_distance_from_the_reference():
     patch, side = 4, BLOCK * 4
-    y = torch.stack([_picture(64, 64, 1)] * 2) / 255.0
-    c = torch.stack([_picture(32, 32, 2)] * 2) / 255.0
+    y = torch.stack([_picture(64, 64, 1)] * 2)
+    c = torch.stack([_picture(32, 32, 2)] * 2)
     mv = torch.full((64 // side, 64 // side), ZERO)
     mv[1, 2] = symbol(torch.tensor(SUB), torch.tensor(-2 * SUB))  # 1 pixel down, 2 left, per frame
     py, pu, _ = predict((y, c, c), mv, patch)
@@ -133,7 +133,7 @@ def test_a_mostly_still_prediction_is_the_whole_overlapped_computation(h, w):
     # blocks that stand still among still neighbours are not computed but copied from the last
     # frame: the values must be those of computing every block
     patch, g = 4, torch.Generator().manual_seed(h + w)
-    planes = tuple(torch.stack([_picture(h // s, w // s, seed=s + t) for t in range(2)]) / 255.0
+    planes = tuple(torch.stack([_picture(h // s, w // s, seed=s + t) for t in range(2)])
                    for s in (1, 2, 2))
     hb, wb = motion.grid_shape(h // patch, w // patch)
     mv = torch.full((hb, wb), ZERO)
@@ -142,9 +142,9 @@ def test_a_mostly_still_prediction_is_the_whole_overlapped_computation(h, w):
     dy, dx = vector(mv)
     for c, p in enumerate(planes):
         s = 1 if c == 0 else 2
-        last = p[-1].mul(255.0).round()
+        last = p[-1]
         for t in range(2):
-            whole = motion.overlapped(last, (t + 1) * dy, (t + 1) * dx, BLOCK * patch // s, SUB * s) / 255.0
+            whole = motion.overlapped(last, (t + 1) * dy, (t + 1) * dx, BLOCK * patch // s, SUB * s)
             assert torch.equal(got[c][t], whole), (c, t)
     assert torch.equal(predict(planes, torch.full((hb, wb), ZERO), patch)[0], planes[0][-1:].expand(2, -1, -1))
 
@@ -153,7 +153,7 @@ def test_updating_a_prediction_recomputes_only_what_changed_and_equals_the_whole
     # the encoder drops some blocks' vectors and predicts again: only the blocks touched (those
     # changed and their four neighbours) are computed, and the result is the whole prediction's
     patch, g = 4, torch.Generator().manual_seed(h * w)
-    planes = tuple(torch.stack([_picture(h // s, w // s, seed=s + t) for t in range(2)]) / 255.0
+    planes = tuple(torch.stack([_picture(h // s, w // s, seed=s + t) for t in range(2)])
                    for s in (1, 2, 2))
     hb, wb = motion.grid_shape(h // patch, w // patch)
     first = torch.randint(0, motion.VECTORS, (hb, wb), generator=g)

@@ -125,9 +125,10 @@ def test_the_fitted_filter_brings_a_degraded_picture_closer_and_costs_nothing_wh
 def test_the_fit_on_padded_planes_sees_only_the_picture(carphone_frames):
     src, dec = blurred(carphone_frames)
     fit, cropped = Fit(), Fit()
-    pad = lambda p: torch.nn.functional.pad(p[:, None], (0, 4, 0, 4), mode="replicate")[:, 0] / 255.0
+    pad = lambda p: torch.nn.functional.pad(p[:, None], (0, 4, 0, 4), mode="replicate")[:, 0]
     chroma = torch.zeros(2, 74, 90)
-    fit.add_group((pad(src), chroma, chroma), (pad(dec), chroma, chroma), 176, 144)
+    # the source in [0, 1] (as analysed), the decoded planes in 8-bit values (as the decoder has them)
+    fit.add_group((pad(src) / 255.0, chroma, chroma), (pad(dec), chroma, chroma), 176, 144)
     cropped.add(src, dec, 0)
     fit._accumulate(), cropped._accumulate()
     assert np.allclose(fit.gram[0], cropped.gram[0]) and np.allclose(fit.cross[0], cropped.cross[0])

@@ -3,7 +3,7 @@
 File header, 64 bytes:
   off size field
     0   4  magic b"VQVC"
-    4   2  format version (u16), currently 13
+    4   2  format version (u16), currently 14
     6   2  header size in bytes (u16) = 64
     8  16  model fingerprint (first 16 bytes of SHA-256 of the model, see modelfile.py)
    24   4  width (u32)            28  4  height (u32)
@@ -45,7 +45,7 @@ from typing import Iterator
 
 MAGIC = b"VQVC"
 SEGMENT_MAGIC = b"VQSG"
-VERSION = 13
+VERSION = 14
 HEADER_SIZE = 64
 SEGMENT_HEADER_SIZE = 24
 PIX_FMTS = {0: "yuv420p"}

@@ -23,6 +23,7 @@ import torch
 
 from . import bitstream as bs
 from . import motion, postfilter
+from .exact import LATENT_UNIT, ExactNet, dilate, mean2, planes_to_tokens, rebuild_change, step_units, tokens_to_planes
 from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEAR_INTER,
                       NEAR_SKIP, NEVER, NNZ_BUCKET, SKIP, EntropyCoder, Symbols, first_index_keys, first_neighbours,
                       first_passes, first_refs, fresh_mode_contexts, group_quality, index_rows, mv_neighbours, mv_pass_b,
@@ -131,9 +132,9 @@ def pad_planes(frames: list[Frame], patch: int, t: int):
 
 
 def to_frames(y, u, v, width: int, height: int, count: int) -> list[Frame]:
-    """Decoder planes (G,T,..) in [0,1] -> `count` cropped uint8 Frames."""
+    """Decoded planes (G,T,..) of 8-bit values -> `count` cropped uint8 Frames."""
     cw, ch = (width + 1) // 2, (height + 1) // 2
-    q = lambda p: p.mul(255.0).round_().to(torch.uint8).reshape(-1, *p.shape[2:]).cpu().numpy()
+    q = lambda p: p.to(torch.uint8).reshape(-1, *p.shape[2:]).cpu().numpy()
     Y, U, V = q(y), q(u), q(v)
     return [Frame(Y[i, :height, :width], U[i, :ch, :cw], V[i, :ch, :cw]) for i in range(count)]
 
@@ -205,7 +206,11 @@ class SegmentCoder:
         self.model, self.device, self.batch = model, device, max(1, batch)
         self.net = model.net.to(device).eval()
         self.cfg = model.config
+        # what the decoder computes, in exact integers (exact.py); the float network only analyses
+        # the source in the encoder
+        self.exact = ExactNet(model.exact_tensors(), self.cfg.patch, self.cfg.frames, device)
         self.basis = tube_basis(self.cfg.patch, self.cfg.frames).to(device)
+        self._synth: tuple | None = None  # (shape, latent, its pixels): the last synthesis, reused where unchanged
         self.coder = EntropyCoder(*model.tables) if model.tables is not None else None
         to_dev = lambda a: torch.from_numpy(a).float().to(device)
         self._bits = to_dev(self.coder.bits) if self.coder else None
@@ -229,7 +234,7 @@ class SegmentCoder:
                 planes = [p[sl].to(self.device) for p in (y, u, v)]
                 z = self.net.invert(*planes, steps)
                 b, d, h, w = z.shape
-                tokens = z.permute(0, 2, 3, 1).reshape(b, h * w, d).float()
+                tokens = z.permute(0, 2, 3, 1).reshape(b, h * w, d).float().mul_(LATENT_UNIT)  # latent units
                 for j in range(b):
                     yield tokens[j], tuple(p[j] for p in planes)
 
@@ -244,6 +249,17 @@ class SegmentCoder:
                 done[steps] = list(self.analyse(frames, steps))
             return done[steps]
         return groups
+
+    def vq_encode(self, z: torch.Tensor, stages: int) -> torch.Tensor:
+        """Latent tokens (N, D) in latent units -> residual-VQ indices (stages, N), greedy stage by
+        stage against the exact codebooks (what the decoder adds up)."""
+        residual = z.clone()
+        out = torch.empty(stages, z.shape[0], dtype=torch.long, device=z.device)
+        for k in range(stages):
+            book = self.exact.codebooks[k]
+            out[k] = self.net.quantizer.nearest(residual, book)
+            residual -= book[out[k]]
+        return out
 
     # -- rates (bits per token) ------------------------------------------------------------------
     def _index_rate(self, idx: torch.Tensor, ctx: torch.Tensor | int) -> torch.Tensor:
@@ -291,18 +307,37 @@ class SegmentCoder:
                 coefs: torch.Tensor, step: float) -> torch.Tensor:
         """Each token's latent from its mode: INTRA z_vq + coefficients, SKIP z_pred, INTER
         z_pred + coefficients.  The encoder and the decoder both call this, with the same
-        tensors, so they hold bit-identical latents."""
-        change = (coefs.float() * step) @ self.basis
+        tensors, so they hold bit-identical latents (exact integers, exact.rebuild_change)."""
+        change = self.change(coefs, step)
         if z_pred is None:
             return z_vq + change
         return torch.where((modes == INTRA)[:, None], z_vq + change,
                            torch.where((modes == SKIP)[:, None], z_pred, z_pred + change))
 
+    def change(self, coefs: torch.Tensor, step: float) -> torch.Tensor:
+        """The latent change (N, D) that quantised coefficients (N, D) code at `step`, exact."""
+        out = torch.zeros(coefs.shape, device=coefs.device)
+        rows = torch.nonzero(coefs.any(1))[:, 0]
+        if len(rows):
+            out[rows] = rebuild_change(coefs[rows], self.exact.basis, step_units(step))
+        return out
+
     def planes(self, z: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-        """A group's decoded planes from its latent tokens (N, D), exactly as decode outputs them
-        (8-bit values): what the next group is predicted from."""
-        y, u, v = self.net.synthesis(z.t().reshape(1, -1, *shape))
-        return tuple(p[0].clamp(0.0, 1.0).mul(255.0).round().div(255.0) for p in (y, u, v))
+        """A group's decoded planes (8-bit values) from its latent tokens (N, D), exactly as decode
+        outputs them: what the next group is predicted from.  The synthesis is exact, so the tokens
+        whose latent and neighbours' latents within its reach did not change since the last call keep
+        that call's pixels (the same values computing them gives)."""
+        need = None
+        last = self._synth
+        if last is not None and last[0] == shape:
+            need = dilate((z != last[1]).any(1), shape, len(self.exact.decoder))
+            if not bool(need.any()):
+                return tokens_to_planes(last[2], shape, self.cfg.frames, self.cfg.patch)
+        pixels = self.exact.synthesis(z, shape, need)
+        if need is not None:
+            pixels = torch.where(need[:, None], pixels, last[2])
+        self._synth = (shape, z, pixels)
+        return tokens_to_planes(pixels, shape, self.cfg.frames, self.cfg.patch)
 
     def base(self, z_prev: torch.Tensor, planes: tuple[torch.Tensor, ...] | None, mv: torch.Tensor,
              shape: tuple[int, int], pred: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
@@ -315,7 +350,7 @@ class SegmentCoder:
             return z_prev
         if pred is None:
             pred = motion.predict(planes, mv, self.cfg.patch)
-        z_mc = self.net.invert(*(p[None] for p in pred), PREDICTION_STEPS)[0].reshape(z_prev.shape[1], -1).t().float()
+        z_mc = self.exact.invert(planes_to_tokens(pred, self.cfg.patch), shape, PREDICTION_STEPS, need=moving)
         return torch.where(moving[:, None], z_mc, z_prev)
 
     def _mv_rate(self, prev_mv: torch.Tensor | None, shape: tuple[int, int]) -> motion.Rate | None:
@@ -366,7 +401,7 @@ class SegmentCoder:
         active = motion.block_sums((~still).float(), shape) > 0  # the others stand still whatever the search finds
         if not bool(active.any()):  # a still group (a static scene): nothing to search
             return torch.full(active.shape, motion.ZERO, dtype=torch.long, device=self.device), z_prev
-        mv = motion.search(planes[0], recon[0], self.cfg.patch, self._mv_rate(prev_mv, motion.grid_shape(*shape)),
+        mv = motion.search(planes[0], recon[0] / 255.0, self.cfg.patch, self._mv_rate(prev_mv, motion.grid_shape(*shape)),
                            MV_LAMBDA * 255.0 * step, prev_mv, active)
         if not bool((mv != motion.ZERO).any()):
             return mv, z_prev
@@ -375,7 +410,7 @@ class SegmentCoder:
         # the decoder will have (the prediction's latent is corrected to give `pred` back)
         x = to_tubes(*(p[None] for p in planes), self.cfg.patch)
         err = lambda frames: motion.block_sums(
-            ((to_tubes(*(p[None] for p in frames), self.cfg.patch) - x) ** 2).sum(1).reshape(-1), shape)
+            ((to_tubes(*(p[None] / 255.0 for p in frames), self.cfg.patch) - x) ** 2).sum(1).reshape(-1), shape)
         moving = (err(pred) < MC_GAIN * err(recon)) & active
         kept = torch.where(moving, mv, motion.ZERO)
         if not torch.equal(kept, mv):  # the edges overlap and the network sees across blocks: predict again
@@ -390,7 +425,6 @@ class SegmentCoder:
         group's reconstructed latent (what the next is predicted from) is appended to `latents`.
         With the picture's `size` (width, height), also the output filter that brings the decoded
         pictures closest to the source (postfilter.py)."""
-        q = self.net.quantizer
         stages = stages_for_quality(quality, self.cfg.stages)
         still = torch.full(motion.grid_shape(*shape), motion.ZERO, dtype=torch.long, device=self.device)
         out_idx, out_mode, out_mv, out_coef, out_fresh = [], [], [], [], []
@@ -402,22 +436,23 @@ class SegmentCoder:
                 if fit is not None:
                     fit.add_group(src, recon, *size)
             src = planes
-            idx = q.encode(z, stages)
-            z_vq = q.decode(idx)
+            idx = self.vq_encode(z, stages)
+            z_vq = self.exact.vq(idx)
             first = z_prev is None
             mv, fresh = still, first
             # every group after the first (a refresh too) takes the step, the lambda and the
             # coefficient tables of the next quality down
             gq = group_quality(quality, first)
             step = step_for_quality(gq)
-            lam = LAMBDA * step * step
-            c_intra = scalar_quantise((z - z_vq) @ self.basis.t(), step, COEF_MAX, DEADZONE)
+            ustep = step * LATENT_UNIT  # the step in latent units (distortions are in them)
+            lam = LAMBDA * ustep * ustep
+            c_intra = scalar_quantise((z - z_vq) @ self.basis.t(), ustep, COEF_MAX, DEADZONE)
             if not fresh:
                 d_intra = ((z - self.rebuild(z_vq, None, None, c_intra, step)) ** 2).sum(1)
                 still_tok = ((z - z_src) ** 2).sum(1) <= STILL * d_intra
                 mv, z_base = self._predict(z_prev, recon, planes, shape, still_tok, prev_mv, step)
-                c_inter = scalar_quantise((z - z_base) @ self.basis.t(), step, COEF_MAX, DEADZONE)
-                z_inter = z_base + (c_inter.float() * step) @ self.basis
+                c_inter = scalar_quantise((z - z_base) @ self.basis.t(), ustep, COEF_MAX, DEADZONE)
+                z_inter = z_base + self.change(c_inter, step)
                 d_skip = ((z - z_base) ** 2).sum(1)
                 costs = torch.stack([
                     d_intra + lam * (self._index_rate(idx, ref) + self._coef_rate(c_intra, 0, gq, hist)),
@@ -499,7 +534,7 @@ class SegmentCoder:
         if not len(at):
             return rec
         pred = self.spatial_prediction(rec, shape, at, near=True)
-        change = (coefs[at].float() * step) @ self.basis
+        change = self.change(coefs[at], step)
         rec = rec.clone()
         rec[at] = torch.where((modes[at] == NEAR_INTER)[:, None], pred + change, pred)
         return rec
@@ -526,7 +561,8 @@ class SegmentCoder:
         open_ = motion.block_mask(motion.block_sums((best != SKIP).float(), shape) > 0, *shape)
         if not bool((open_ & (passes > 0)).any()):
             return best, coefs, rec
-        lam = LAMBDA * step * step
+        ustep = step * LATENT_UNIT
+        lam = LAMBDA * ustep * ustep
         ctx = torch.from_numpy(near_contexts(best.reshape(shape).cpu().numpy()).reshape(-1)).to(self.device)
         mode, coefs = best.clone(), coefs.clone()
         for p in range(1, NEAR_PASSES):
@@ -535,8 +571,8 @@ class SegmentCoder:
                 continue
             pred = self.spatial_prediction(rec, shape, at, near=True)
             src = z[at]
-            c_near = scalar_quantise((src - pred) @ self.basis.t(), step, COEF_MAX, DEADZONE)
-            z_near = pred + (c_near.float() * step) @ self.basis
+            c_near = scalar_quantise((src - pred) @ self.basis.t(), ustep, COEF_MAX, DEADZONE)
+            z_near = pred + self.change(c_near, step)
             costs = torch.stack([chosen[at], ((src - pred) ** 2).sum(1) + main_bits[at],
                                  ((src - z_near) ** 2).sum(1) + main_bits[at]
                                  + lam * self._coef_rate(c_near, 1, quality, hist[at])])
@@ -559,7 +595,7 @@ class SegmentCoder:
         _, (a, b) = self._pass_layout(shape, near)
         if at is not None:
             a, b = a[at], b[at]
-        return (rec[a] + rec[b]) * 0.5
+        return mean2(rec[a], rec[b])
 
     def _decide_fresh(self, z: torch.Tensor, idx: torch.Tensor, z_vq: torch.Tensor, c_intra: torch.Tensor,
                       quality: int, shape: tuple[int, int]):
@@ -567,7 +603,8 @@ class SegmentCoder:
         mode of least distortion + lambda x bits against its spatial prediction.  -> (modes, coefficients,
         latent, each token's reference indices for the next group's index contexts)."""
         step = step_for_quality(quality)
-        lam = LAMBDA * step * step  # x 0.25 .. 2 measured the same (BENCHMARKS.md)
+        ustep = step * LATENT_UNIT
+        lam = LAMBDA * ustep * ustep  # x 0.25 .. 2 measured the same (BENCHMARKS.md)
         S, N = idx.shape
         g = idx.reshape(S, *shape).cpu().numpy()
         never = torch.full((N,), NEVER, dtype=torch.long, device=self.device)
@@ -579,8 +616,8 @@ class SegmentCoder:
         for p in range(1, FRESH_PASSES):  # each pass's tokens only (1/64 .. 1/2 of them)
             at = self._pass_tokens(shape, p)
             pred, src = self.spatial_prediction(rec, shape, at), z[at]
-            c_inter = scalar_quantise((src - pred) @ self.basis.t(), step, COEF_MAX, DEADZONE)
-            z_inter = pred + (c_inter.float() * step) @ self.basis
+            c_inter = scalar_quantise((src - pred) @ self.basis.t(), ustep, COEF_MAX, DEADZONE)
+            z_inter = pred + self.change(c_inter, step)
             m = mode.reshape(shape).cpu().numpy()
             rows = 0 if self.coder is None else torch.from_numpy(  # the index contexts if intra
                 first_index_keys(g, m, self.coder.codes, p).reshape(S, N) % index_rows(self.coder.codes)
@@ -622,14 +659,13 @@ class SegmentCoder:
         """The decoder's side of decide: (indices, modes, vectors, coefficients, fresh) per group
         (entropy.EntropyCoder.decode_groups) of a segment at `quality` -> (latent tokens, decoded
         planes) per group."""
-        q = self.net.quantizer
         z_prev = planes = None
         for gi, (g, modes, mv, coefs, fresh) in enumerate(decoded):
             S, h, w = g.shape
             idx = torch.from_numpy(g.reshape(S, -1)).to(self.device)
             c = torch.from_numpy(coefs.reshape(h * w, -1)).to(self.device)
             m = torch.from_numpy(modes.reshape(-1)).to(self.device)
-            z_vq = q.decode(idx)
+            z_vq = self.exact.vq(idx)
             step = step_for_quality(group_quality(quality, gi == 0))
             if fresh:
                 z = self.rebuild(z_vq, None, None, c, step)

@@ -200,13 +200,14 @@ def _touched(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
 
 def predict(planes: tuple[torch.Tensor, ...], symbols: torch.Tensor, patch: int,
             update: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
-    """The previous group's decoded planes (T, H, W), (T, H/2, W/2) x 2 (8-bit values in [0, 1])
-    and the vectors (Hb, Wb) -> the predicted planes of the same shapes: frame t is the last
+    """The previous group's decoded planes (T, H, W), (T, H/2, W/2) x 2 (8-bit values, 0..255)
+    and the vectors (Hb, Wb) -> the predicted planes of the same shapes, in pixel levels (exact
+    multiples of 1/256 for luma, 1/1024 for chroma): frame t is the last
     frame displaced by (t + 1) * v, each block's edges overlapped with its neighbours'
     predictions (`overlapped`).  update = (prediction, its vectors): the prediction from the same
     planes with other vectors; only the blocks the change touches are computed again (the
     same values as computing it all).  Without one, the blocks that stand still among still
-    neighbours take the last frame as it is (8-bit values: what computing them gives)."""
+    neighbours take the last frame as it is (what computing them gives)."""
     dy, dx = vector(symbols)
     if update is None:  # a block that stands still among still neighbours predicts the last frame itself
         update = tuple(p[-1:].expand_as(p) for p in planes), torch.full_like(symbols, ZERO)
@@ -216,14 +217,13 @@ def predict(planes: tuple[torch.Tensor, ...], symbols: torch.Tensor, patch: int,
     out = []
     for c, p in enumerate(planes):
         s = 1 if c == 0 else 2
-        last = p[-1].mul(255.0).round_()
+        last = p[-1]
         side = BLOCK * patch // s
         frames = [overlapped(last, (t + 1) * dy, (t + 1) * dx, side, SUB * s, only) for t in range(p.shape[0])]
         if only is None:
-            out.append(torch.stack(frames).div_(255.0))
-        else:  # the division is elementwise: the blocks' values are those of the whole computation
-            out.append(torch.stack([_place(update[0][c][t], f.div_(255.0), only, dy.shape)
-                                    for t, f in enumerate(frames)]))
+            out.append(torch.stack(frames))
+        else:  # every block's values are those of the whole computation
+            out.append(torch.stack([_place(update[0][c][t], f, only, dy.shape) for t, f in enumerate(frames)]))
     return tuple(out)
 
 

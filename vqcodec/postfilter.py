@@ -191,12 +191,13 @@ class Fit:
             self._accumulate(plane)
 
     def add_group(self, src: tuple[torch.Tensor, ...], dec: tuple[torch.Tensor, ...], width: int, height: int) -> None:
-        """One temporal group: source and decoded planes (T, Hp, Wp), (T, Hp/2, Wp/2) x 2 in [0, 1]
-        (padded, the codec's), cropped to the picture (width x height) as the decoder outputs it."""
+        """One temporal group: source planes (T, Hp, Wp), (T, Hp/2, Wp/2) x 2 in [0, 1] and decoded
+        planes of 8-bit values (padded, the codec's), cropped to the picture (width x height) as the
+        decoder outputs it."""
         step = fit_step(width, height, len(src[0]))
         for plane, (s, d) in enumerate(zip(src, dec)):
             h, w = (height, width) if plane == 0 else ((height + 1) // 2, (width + 1) // 2)
-            self.add(s[:, :h, :w].mul(255.0).round_(), d[:, :h, :w].mul(255.0).round_(), plane, step)
+            self.add(s[:, :h, :w].mul(255.0).round_(), d[:, :h, :w], plane, step)
 
     @torch.no_grad()
     def _accumulate(self, *planes: int) -> None:
