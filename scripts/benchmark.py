@@ -65,7 +65,8 @@ def entropy_throughput(vqv: Path) -> dict:
     from vqcodec import bitstream as bs
     from vqcodec import motion
     from vqcodec.codec import SegmentCoder
-    from vqcodec.entropy import Symbols, count_symbols
+    from vqcodec.entropy import Symbols
+    from vqcodec.tablefit import count_symbols
     from vqcodec.modelfile import load_model
     import math
 

@@ -164,11 +164,11 @@ def test_cuda_without_gpu(tmp_path, carphone, capsys):
 
 def test_full_disk_leaves_nothing(tmp_path, carphone, capsys, monkeypatch):
     import errno
-    import vqcodec.codec as codec
+    import vqcodec.encoder as encoder
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(codec.os, "fsync", full)  # simulated: the disk fills at the end of writing
+    monkeypatch.setattr(encoder.os, "fsync", full)  # simulated: the disk fills at the end of writing
     (tmp_path / "o.vqv").write_bytes(b"old")
     code, _, err = run(capsys, "encode", carphone, "-o", tmp_path / "o.vqv", "-y")
     assert code == 1 and "No space left on device" in err and len(err.strip().splitlines()) == 1
@@ -177,11 +177,11 @@ def test_full_disk_leaves_nothing(tmp_path, carphone, capsys, monkeypatch):
 
 
 def test_ctrl_c_leaves_no_partial_output(tmp_path, carphone, capsys, monkeypatch):
-    import vqcodec.codec as codec
+    import vqcodec.encoder as encoder
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(codec.SegmentCoder, "symbols", interrupt)  # simulated Ctrl-C mid-encode
+    monkeypatch.setattr(encoder.SegmentCoder, "symbols", interrupt)  # simulated Ctrl-C mid-encode
     code, _, err = run(capsys, "encode", carphone, "-o", tmp_path / "o.vqv")
     assert code == 130 and "interrupted" in err
     assert list(tmp_path.iterdir()) == []

@@ -317,13 +317,13 @@ def test_a_still_image_is_a_one_frame_video(tmp_path, carphone_frames, model):
 
 
 def test_a_segment_whose_depth_does_not_match_its_quality_is_refused(tmp_path, carphone, model):
-    from vqcodec.codec import SegmentCoder
+    from vqcodec.decoder import SegmentDecoder
     from vqcodec.errors import FormatError
     encode_file(carphone, tmp_path / "a.vqv", model=model, quality=4, segment_frames=8)
     data = (tmp_path / "a.vqv").read_bytes()
     header = bs.unpack_header(data[:bs.HEADER_SIZE])
     seg = next(iter(bs.read_segments(data, header)))
-    coder = SegmentCoder(model, "cpu")
+    coder = SegmentDecoder(model, "cpu")
     assert len(coder.decode(seg.payload, header, seg.frames, seg.quality, seg.stages)) == 8
     assert stages_for_quality(1, model.config.stages) != seg.stages
     with pytest.raises(FormatError, match="operating point"):

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from vqcodec.entropy import (MV_B, FLAG_BLOCK, COEF_CONTEXTS, COEF_MAX, COEF_SYMBOLS, INTER, INTRA, KINDS, MODE_CONTEXTS, MODES, MV_SYMBOLS,
-                             MV_CONTEXTS, PRECISION, SKIP, FLAG_CONTEXTS, EntropyCoder, Symbols, coef_contexts, count_symbols,
+                             MV_CONTEXTS, PRECISION, SKIP, FLAG_CONTEXTS, EntropyCoder, Symbols, coef_contexts,
                              block_contexts, first_index_keys, first_neighbours, first_passes, first_refs,
                              fresh_mode_contexts, fresh_modes, MODE_SPATIAL, MODE_NEAR, MODE_COARSE, FRESH_PASSES,
                              near_neighbours, near_passes, NEAR_INTER, NEAR_SKIP,
-                             coef_kinds, main_modes, near_contexts, near_places, fit_tables, skipped_blocks, history, mode_contexts_a, mode_contexts_b, new_counts,
+                             coef_kinds, main_modes, near_contexts, near_places, skipped_blocks, history, mode_contexts_a, mode_contexts_b,
                              parity, quantise_rows, mv_neighbours, mv_pass_b, mv_symbols, group_quality)
 from vqcodec import postfilter
 from vqcodec.motion import RANGE, SIDE, VECTORS, ZERO, grid_shape
@@ -16,6 +16,7 @@ from vqcodec.motion import RANGE, SIDE, VECTORS, ZERO, grid_shape
 K = 64
 P = 12          # coefficients per token in these tests
 QUALITIES = 3
+from vqcodec.tablefit import count_symbols, fit_tables, new_counts
 
 
 def coefficients(rng, shape, spread):

@@ -5,7 +5,9 @@ import torch.nn.functional as F
 
 from vqcodec import motion
 from vqcodec.entropy import MV_Y_CONTEXTS
-from vqcodec.motion import BLOCK, RANGE, SUB, ZERO, predict, search, shift, symbol, vector
+from vqcodec.motion import BLOCK, RANGE, SUB, ZERO, predict, shift, symbol, vector
+from vqcodec import search as search_module
+from vqcodec.search import search
 
 
 def _picture(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -49,7 +51,7 @@ def test_the_searchs_phases_are_the_predictors_values_at_every_quarter_pixel():
     # the search reads its candidates from precomputed phases; the decoder predicts with `shift`:
     # a vector must cost what it predicts, bit for bit
     p, pad = _picture(24, 40, seed=3), 5
-    ph = motion._phases(p, pad)
+    ph = search_module._phases(p, pad)
     assert ph.shape == (SUB * SUB, 24 + 2 * pad + 1, 40 + 2 * pad + 1)
     z = torch.zeros(24, 40, dtype=torch.long)
     for fy in range(SUB):
@@ -245,10 +247,10 @@ def test_blocks_take_their_neighbours_vectors_where_those_cost_less(monkeypatch)
         last = ref[-1].mul(255)
         pred = torch.stack([motion.shift_blocks(last, t * dy, t * dx, 16, SUB) for t in (1, 2)]) / 255
         sad = (pred - src).abs().mul(255).sum(0).reshape(h // 16, 16, w // 16, 16).sum((1, 3))
-        return torch.where(mv == ZERO, sad * motion.STILL_BIAS, sad) + lam * rate(*vector(mv))
+        return torch.where(mv == ZERO, sad * search_module.STILL_BIAS, sad) + lam * rate(*vector(mv))
 
     with_neighbours = objective(search(src, ref, 4, rate, lam))
-    monkeypatch.setattr(motion, "NEIGHBOUR_ROUNDS", 0)
+    monkeypatch.setattr(search_module, "NEIGHBOUR_ROUNDS", 0)
     alone = objective(search(src, ref, 4, rate, lam))
     assert (with_neighbours <= alone + 1e-3).all()  # a block only ever takes a cheaper vector
     assert (with_neighbours < alone - 1).float().mean() > 0.5
@@ -256,7 +258,8 @@ def test_blocks_take_their_neighbours_vectors_where_those_cost_less(monkeypatch)
 
 
 def test_vectors_out_of_the_decoders_range_are_refused():
-    from vqcodec.entropy import EntropyCoder, _Adaptive, fit_tables, new_counts
+    from vqcodec.entropy import EntropyCoder, _Adaptive
+    from vqcodec.tablefit import fit_tables, new_counts
     counts = list(new_counts(1, 4, 1, 48))
     coder = EntropyCoder(*fit_tables(counts))
     import constriction

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from vqcodec import postfilter
-from vqcodec.postfilter import ACTIVITY_EDGES, PLANES, SCALE, BIAS_SCALE, WEIGHT_MAX, Fit, apply, classify, filter_frames
+from vqcodec.filterfit import Fit
+from vqcodec.postfilter import ACTIVITY_EDGES, PLANES, SCALE, BIAS_SCALE, WEIGHT_MAX, apply, classify, filter_frames
 
 
 def _at(p: np.ndarray):

@@ -20,7 +20,8 @@ import av
 import numpy as np
 import torch
 
-from .codec import encode_frames, frames_from_bytes
+from .decoder import frames_from_bytes
+from .encoder import encode_frames
 from .errors import VqvError
 from .metrics import ms_ssim_tensor, sequence_quality
 from .modelfile import CodecModel
@@ -237,7 +238,7 @@ def report(inputs: list[Path], *, qualities: str, codecs: str, frames: int | Non
     from rich.console import Console
     from rich.table import Table
 
-    from .codec import resolve_device
+    from .files import resolve_device
     from .console import stderr
     from .modelfile import load_model
 

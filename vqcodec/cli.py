@@ -40,7 +40,7 @@ def encode(input: Path = typer.Argument(..., help="any video PyAV can open"),
            segment: int = typer.Option(32, "--segment", help="frames per independently decodable segment"),
            model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
     """Compress a video into a .vqv file."""
-    from .codec import DEFAULT_QUALITY, encode_file
+    from .encoder import DEFAULT_QUALITY, encode_file
     from .console import progress_bar
     from .errors import VqvError
     from .video import probe
@@ -59,7 +59,7 @@ def decode(input: Path = typer.Argument(..., help="a .vqv file"),
            conceal: bool = typer.Option(False, "--conceal", help="conceal damaged segments instead of failing"),
            model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
     """Decompress a .vqv file into a video (container chosen by the extension)."""
-    from .codec import decode_file, inspect_header
+    from .decoder import decode_file, inspect_header
     from .console import progress_bar
 
     with progress_bar("decode", inspect_header(input).frames) as advance:
@@ -107,7 +107,8 @@ def info(input: Optional[Path] = typer.Argument(None, help="a .vqv file"),
          model: Optional[Path] = typer.Option(None, "--model", "-m", help="describe this model file instead"),
          as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
     """Show what is inside a .vqv file (header, segments, damage) or a model file (--model)."""
-    from .codec import inspect, inspect_model
+    from .decoder import inspect
+    from .modelfile import inspect_model
 
     if (input is None) == (model is None):
         raise typer.BadParameter("give a .vqv file or --model MODEL.pt (one of them)")

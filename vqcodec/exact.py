@@ -189,7 +189,6 @@ class ExactNet:
         """Blocks in turn on latents x (N, D) (float32 integers); with a token mask `need` (N,), only the
         outputs there are right (the others are x's): each block computes the tokens within
         (blocks after it) of `need`."""
-        n = x.shape[0]
         if need is not None and float(need.float().mean()) >= SPARSE:
             need = None
         if need is None:

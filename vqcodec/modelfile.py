@@ -150,3 +150,20 @@ def load_model(path: Path | None = None, device: str = "cpu", need_tables: bool 
         raise VqvError(f"{path}: a model file without its exact integer form; rewrite it with this vqcodec")
     fp = fingerprint(raw["config"], raw["state_dict"], tables, exact)
     return CodecModel(net, tables, fp, raw.get("meta", {}), path, exact)
+
+
+def inspect_model(path: Path) -> dict:
+    """What a model file holds: fingerprint, architecture, entropy tables, training facts."""
+    cm = load_model(path, need_tables=False)
+    meta = dict(cm.meta)
+    d = {"model": cm.fingerprint.hex(), "path": str(cm.path), "architecture": cm.config.to_dict(),
+         "parameters": sum(p.numel() for p in cm.net.parameters()),
+         "tables": (", ".join(f"{name} {list(t.shape)}" for name, t in zip(("index", "mode", "vector", "coefficient", "flag"),
+                                                                       cm.tables)) if cm.tables is not None
+                    else "none (a training checkpoint)")}
+    for key in ("steps", "wall_s", "device", "world", "validation", "train"):
+        if key in meta:
+            d[key] = meta[key]
+    if "data" in meta:
+        d["data"] = f"{len(meta['data'])} clips"
+    return d

@@ -342,7 +342,8 @@ def train_model(clips_dir: Path, out: Path, *, options: TrainOptions = TrainOpti
                 checkpoint: Path | None = None, val_dir: Path | None = None, device: str = "auto",
                 overwrite: bool = False, log: Callable[[dict], None] | None = None) -> TrainResult:
     """Train on every clip under `clips_dir`; write checkpoints, then the finished model to `out`."""
-    from .codec import check_output, fit_model_tables, resolve_device
+    from .encoder import fit_model_tables
+    from .files import check_output, resolve_device
 
     t_start = time.time()
     out = Path(out)

@@ -250,3 +250,8 @@ class PngWriter:
 
     def close(self) -> None:
         pass
+
+
+def frames_text(n: int) -> str:
+    """'1 frame', '12 frames': the summaries' wording."""
+    return f"{n} frame" if n == 1 else f"{n} frames"

@@ -1,0 +1,232 @@
+"""The decoder: .vqv bytes -> entropy decoding -> reconstruction -> output filter -> frames.
+
+It reads what the encoder wrote and nothing of how it was chosen: it imports none of the
+encoder's search, decisions, rate estimates or table fitting (encoder.py, search.py,
+filterfit.py, tablefit.py), only the shared decoding loop (reconstruct.py), the entropy coder's
+tables (entropy.py), the motion prediction (motion.py) and the output filter (postfilter.py).
+Every value it computes is an exact integer: a file decodes to the same pictures on every
+device (docs/FORMAT.md, tests/conformance/).
+"""
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from . import bitstream as bs
+from . import motion, postfilter
+from .entropy import EntropyCoder, first_passes
+from .errors import FormatError, ModelMismatch, VqvError
+from .files import atomic_output, resolve_device
+from .modelfile import CodecModel, load_model
+from .reconstruct import QUALITY_LEVELS, Reconstruction, stages_for_quality, to_frames
+from .video import Frame, PngWriter, VideoWriter, frames_text, output_kind
+
+DEFAULT_BATCH = 4  # kept for the API (decode_file's batch): the decoder works group by group
+Progress = Callable[[int], None]  # called with the number of frames just finished
+
+
+class SegmentDecoder(Reconstruction):
+    """Decodes one segment's payload to frames, with one model."""
+
+    def __init__(self, model: CodecModel, device: str, batch: int = DEFAULT_BATCH):
+        super().__init__(model, device)
+        self.coder = EntropyCoder(*model.tables)
+
+    def decode(self, payload: bytes, header: bs.Header, count: int, quality: int, stages: int) -> list[Frame]:
+        """Payload -> `count` frames.  Every number is checked before it sizes an allocation."""
+        p = self.cfg.patch
+        h, w = math.ceil(header.height / p), math.ceil(header.width / p)
+        groups = math.ceil(count / self.cfg.frames)
+        if not 1 <= quality <= min(len(QUALITY_LEVELS), self.coder.qualities) \
+                or stages != stages_for_quality(quality, self.cfg.stages) or stages > self.coder.stages:
+            raise FormatError(f"segment quality {quality} with {stages} VQ stages is not a valid operating point")
+        first = int((first_passes(h, w) == 0).sum())  # a fresh group's intra tokens; each other one codes a mode
+        if first * (stages + self.cfg.dim) + h * w - first + groups - 1 > self.coder.max_symbols(len(payload)):
+            raise FormatError("payload is too short for the symbols the header announces")
+        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        frames: list[Frame] = []
+        try:
+            filt, decoded = self.coder.decode_segment(words, groups, (stages, h, w), motion.grid_shape(h, w), quality)
+            for _, planes in self.reconstruct(decoded, quality):
+                frames += postfilter.filter_frames(to_frames(*(p[None] for p in planes), header.width, header.height,
+                                                             min(count - len(frames), self.cfg.frames)), filt)
+        except (ValueError, RuntimeError, AssertionError) as exc:
+            raise FormatError(f"cannot entropy-decode payload ({exc})") from None
+        return frames
+
+
+def _read_vqv(path: Path):
+    path = Path(path)
+    if not path.exists():
+        raise VqvError(f"{path}: no such file")
+    if path.is_dir():
+        raise VqvError(f"{path}: is a folder, not a .vqv file")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise FormatError(f"{path}: empty file, not a .vqv")
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        header = bs.unpack_header(data[: bs.HEADER_SIZE])
+    except bs.BitstreamError as exc:
+        data.close()
+        raise FormatError(f"{path}: {exc}") from None
+    return data, header
+
+
+@dataclass
+class DecodeReport:
+    frames: int
+    width: int
+    height: int
+    seconds: float
+    concealed: list[bs.Damaged] = field(default_factory=list)
+
+    def summary(self) -> str:
+        s = f"decoded {frames_text(self.frames)} {self.width}x{self.height}, {self.frames / max(self.seconds, 1e-9):.2f} fps"
+        if self.concealed:
+            segs = ", ".join(f"{d.index} (frames {d.first_frame}-{d.first_frame + d.frames - 1}: {d.reason})"
+                             for d in self.concealed)
+            s += f"; concealed {sum(d.frames for d in self.concealed)} frames in damaged segments {segs}"
+        return s
+
+
+def _check_model(src, header: bs.Header, cm: CodecModel) -> None:
+    if cm.fingerprint != header.fingerprint:
+        raise ModelMismatch(f"{src}: written with model {header.fingerprint.hex()}, but the model at hand "
+                            f"({cm.path or 'given'}) is {cm.fingerprint.hex()}; pass --model with that file")
+    if header.group_frames != cm.config.frames or header.patch != cm.config.patch \
+            or header.stages > cm.config.stages:
+        raise FormatError(f"{src}: stream layout does not match its model")
+
+
+def decoded_frames(data, header: bs.Header, coder: SegmentDecoder, *, conceal: bool, concealed: list,
+                   src="input", progress: Progress | None = None) -> Iterator[Frame]:
+    """Every frame of a parsed file, in order; damaged segments raise, or with `conceal` are
+    filled from the nearest intact frame and appended to `concealed`."""
+    pending = 0  # damaged frames before the first good one
+    last: Frame | None = None
+    for seg in bs.read_segments(data, header):
+        frames: list[Frame] = []
+        if isinstance(seg, bs.Segment):
+            try:
+                frames = coder.decode(seg.payload, header, seg.frames, seg.quality, seg.stages)
+            except FormatError as exc:
+                seg = bs.Damaged(seg.index, seg.first_frame, seg.frames, str(exc))
+        if isinstance(seg, bs.Damaged):
+            if not conceal:
+                raise FormatError(f"{src}: segment {seg.index} (frames {seg.first_frame}-"
+                                  f"{seg.first_frame + seg.frames - 1}) is damaged: {seg.reason}; "
+                                  f"use --conceal to decode the rest")
+            concealed.append(seg)
+            if last is None:
+                pending += seg.frames
+            else:
+                frames = [last] * seg.frames
+        elif pending:
+            frames = [frames[0]] * pending + frames
+            pending = 0
+        yield from frames
+        if frames:
+            last = frames[-1]
+        if progress:
+            progress(seg.frames)
+    if pending:
+        raise FormatError(f"{src}: every segment is damaged; nothing to decode")
+
+
+def frames_from_bytes(data: bytes, model: CodecModel, *, device: str = "cpu", conceal: bool,
+                      concealed: list) -> Iterator[Frame]:
+    """Every frame of a whole .vqv held in memory; raises FormatError/ModelMismatch like decode_file."""
+    try:
+        header = bs.unpack_header(data[: bs.HEADER_SIZE])
+    except bs.BitstreamError as exc:
+        raise FormatError(str(exc)) from None
+    _check_model("input", header, model)
+    yield from decoded_frames(data, header, SegmentDecoder(model, device), conceal=conceal, concealed=concealed)
+
+
+def decode_bytes(data: bytes, model: CodecModel, conceal: bool = True) -> tuple[int, list[bs.Damaged]]:
+    """Decode a .vqv held in memory, discarding the frames: (frames, concealed).  For fuzzing."""
+    concealed: list[bs.Damaged] = []
+    n = sum(1 for _ in frames_from_bytes(data, model, conceal=conceal, concealed=concealed))
+    return n, concealed
+
+
+def decode_file(src: Path, dst: Path, *, model: Path | CodecModel | None = None, device: str = "auto",
+                overwrite: bool = False, conceal: bool = False, batch: int = DEFAULT_BATCH,
+                progress: Progress | None = None) -> DecodeReport:
+    t0 = time.time()
+    device = resolve_device(device)
+    kind = output_kind(Path(dst))
+    data, header = _read_vqv(src)
+    try:
+        if kind == "image" and header.frames > 1:
+            raise VqvError(f"{dst}: a .png holds one picture and this video has {header.frames} frames; "
+                           "give a folder name (no extension) for numbered PNGs")
+        cm = model if isinstance(model, CodecModel) else load_model(model, device)
+        _check_model(src, header, cm)
+        coder = SegmentDecoder(cm, device, batch)
+        concealed: list[bs.Damaged] = []
+        written = 0
+        with atomic_output(Path(dst), overwrite, folder=(kind == "dir")) as tmp:
+            if kind in ("dir", "image"):
+                writer = PngWriter(tmp, single=(kind == "image"))
+            else:
+                writer = VideoWriter(tmp, Path(dst), header.width, header.height, header.fps)
+            try:
+                for frame in decoded_frames(data, header, coder, conceal=conceal, concealed=concealed,
+                                            src=src, progress=progress):
+                    writer.write(frame)
+                    written += 1
+            except BaseException:
+                try:
+                    writer.close()
+                except Exception:  # the first error is the one to report
+                    pass
+                raise
+            writer.close()
+        return DecodeReport(written, header.width, header.height, time.time() - t0, concealed)
+    finally:
+        data.close()
+
+
+def inspect(src: Path) -> dict:
+    """Header fields, segment table and damage report of a .vqv file."""
+    data, header = _read_vqv(src)
+    try:
+        size = len(data)
+        segments, damaged = [], []
+        for seg in bs.read_segments(data, header):
+            if isinstance(seg, bs.Segment):
+                segments.append({"index": seg.index, "first_frame": seg.first_frame, "frames": seg.frames,
+                                 "quality": seg.quality, "stages": seg.stages,
+                                 "bytes": len(seg.payload) + bs.SEGMENT_HEADER_SIZE})
+            else:
+                damaged.append({"index": seg.index, "first_frame": seg.first_frame, "frames": seg.frames,
+                                "reason": seg.reason})
+    finally:
+        data.close()
+    d = header.to_dict()
+    seconds = header.frames / float(header.fps)
+    d.update({"model": d.pop("fingerprint"), "bytes": size,
+              "kbps": round(8 * size / seconds / 1000, 3) if seconds else 0.0,
+              "bpp": round(8 * size / (header.width * header.height * header.frames), 5) if header.frames else 0.0,
+              "segment_table": segments, "damaged": damaged,
+              "segment_qualities": [s["quality"] for s in segments]})
+    return d
+
+
+def inspect_header(src: Path) -> bs.Header:
+    """Only the header of a .vqv file (cheap)."""
+    data, header = _read_vqv(src)
+    data.close()
+    return header
+
