@@ -69,3 +69,15 @@ def test_truncation_marks_the_missing_segments():
 def test_payload_must_be_whole_words():
     with pytest.raises(bs.BitstreamError):
         bs.Segment(0, 0, 1, b"abc").pack()
+
+
+def test_a_file_of_another_format_names_the_release_that_decodes_it():
+    import vqcodec
+    as_version = lambda v: (lambda d: d[:4] + struct.pack("<H", v) + d[6:])(header().pack())
+    assert bs.RELEASES[bs.VERSION] == vqcodec.__version__  # this release reads and writes this format
+    with pytest.raises(bs.BitstreamError, match=r"vqcodec 0\.13\.0 decodes it \(pip install vqcodec==0\.13\.0"):
+        bs.unpack_header(as_version(13))
+    with pytest.raises(bs.BitstreamError, match="never released"):
+        bs.unpack_header(as_version(5))
+    with pytest.raises(bs.BitstreamError, match="upgrade vqcodec"):
+        bs.unpack_header(as_version(bs.VERSION + 1))

@@ -43,9 +43,14 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Iterator
 
+from . import __version__
+
 MAGIC = b"VQVC"
 SEGMENT_MAGIC = b"VQSG"
 VERSION = 14
+# format version -> the vqcodec release that decodes it (git tag v<release>); formats 1-12 were
+# development versions, never released
+RELEASES = {13: "0.13.0", 14: "0.14.0"}
 HEADER_SIZE = 64
 SEGMENT_HEADER_SIZE = 24
 PIX_FMTS = {0: "yuv420p"}
@@ -101,12 +106,18 @@ def unpack_header(data: bytes) -> Header:
         raise BitstreamError("not a .vqv file (bad magic)")
     version = struct.unpack_from("<H", data, 4)[0]
     if version > VERSION:
-        raise BitstreamError(f"format version {version} is newer than this vqcodec reads (version {VERSION})")
+        raise BitstreamError(f"format version {version} is newer than this vqcodec reads (vqcodec {__version__} "
+                             f"reads format {VERSION}): upgrade vqcodec")
     if len(data) < HEADER_SIZE:
         raise BitstreamError("truncated header")
     if version < VERSION:
-        raise BitstreamError(f"format version {version} was written by an earlier vqcodec; "
-                             f"this one reads version {VERSION} (re-encode the source)")
+        if version in RELEASES:
+            release = RELEASES[version]
+            raise BitstreamError(f"format version {version} was written by an earlier vqcodec; vqcodec {release} "
+                                 f"decodes it (pip install vqcodec=={release}, or git tag v{release}); "
+                                 f"this one ({__version__}) reads format {VERSION}")
+        raise BitstreamError(f"format version {version} was written by an earlier vqcodec, never released; "
+                             f"this one ({__version__}) reads format {VERSION} (re-encode the source)")
     (_, version, size, fp, w, h, fn, fd, frames, pix, q, stages, t, seg, patch, _r1, nseg, rate) = \
         _HEADER.unpack_from(data)
     if zlib.crc32(data[: HEADER_SIZE - 4]) != struct.unpack_from("<I", data, HEADER_SIZE - 4)[0]:

@@ -22,8 +22,18 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+def _version(show: bool) -> None:
+    if show:
+        from . import __version__
+        from .bitstream import VERSION
+        print(f"vqcodec {__version__} (.vqv format {VERSION})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="show Python tracebacks on errors")) -> None:
+def _root(debug: bool = typer.Option(False, "--debug", help="show Python tracebacks on errors"),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and the .vqv format it reads")) -> None:
     _state["debug"] = debug
 
 
