@@ -34,7 +34,7 @@ def test_split_and_combine_equal_the_rounding_in_64_bit_integers():
     b = torch.randint(-(1 << 23), 1 << 23, (100_000,), generator=g)
     for bits, shift in ((7, 15), (6, 11)):
         want = torch.div(a * 2 ** bits + b + 2 ** (shift - 1), 2 ** shift, rounding_mode="floor")
-        assert torch.equal(_combine(a.float(), b.float(), bits, shift).long(), want)
+        assert torch.equal(_combine(a.float(), (b + 2 ** (shift - 1)).float(), bits, shift).long(), want)  # the half in the bias
 
 
 def test_the_exact_networks_are_the_float_networks_to_within_a_level(model, net, carphone_frames):
