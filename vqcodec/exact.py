@@ -184,7 +184,8 @@ class ExactNet:
             parts = both.reshape(2 * len(at), 9 * d) @ blk.w1.reshape(9 * d, -1)
             hid = _combine(parts[:len(at)], parts[len(at):].add_(blk.b1), CONV_SPLIT, blk.e1 + 2)
             res = x[at]
-        g = self.gelu.take(hid.clamp_(-GELU_RANGE, GELU_RANGE).long().add_(GELU_RANGE))
+        at = hid.clamp_(-GELU_RANGE, GELU_RANGE).add_(GELU_RANGE).to(torch.int32)
+        g = self.gelu.index_select(0, at.reshape(-1)).reshape(at.shape)
         ghi, glo = _split(g, PROJ_SPLIT)
         out = _combine(ghi @ blk.w2, torch.addmm(blk.b2, glo, blk.w2), PROJ_SPLIT, blk.e2 - 2)
         return out.add_(res).clamp_(-LATENT_LIMIT, LATENT_LIMIT)
@@ -265,8 +266,7 @@ def _combine(hi: torch.Tensor, lo: torch.Tensor, bits: int, shift: int) -> torch
     0 <= r < 2**(shift - bits), so the value is q + floor((2**bits r + lo') / 2**shift) with
     lo' = lo + 2**(shift - 1) (the callers' biases carry the half: Block.b1, b2); every term below
     2**24 (`check_bounds`).  Overwrites hi and lo."""
-    q = torch.empty_like(hi)
-    torch.mul(hi, 2.0 ** (bits - shift), out=q).floor_()
+    q = torch.div(hi, 2 ** (shift - bits), rounding_mode="floor")
     r = hi.sub_(q, alpha=2 ** (shift - bits))
     return lo.add_(r, alpha=2 ** bits).mul_(2.0 ** -shift).floor_().add_(q)
 
