@@ -266,7 +266,7 @@ def _combine(hi: torch.Tensor, lo: torch.Tensor, bits: int, shift: int) -> torch
     0 <= r < 2**(shift - bits), so the value is q + floor((2**bits r + lo') / 2**shift) with
     lo' = lo + 2**(shift - 1) (the callers' biases carry the half: Block.b1, b2); every term below
     2**24 (`check_bounds`).  Overwrites hi and lo."""
-    q = torch.div(hi, 2 ** (shift - bits), rounding_mode="floor")
+    q = hi.mul(2.0 ** (bits - shift)).floor_()  # (torch.div's floor mode: twice the time)
     r = hi.sub_(q, alpha=2 ** (shift - bits))
     return lo.add_(r, alpha=2 ** bits).mul_(2.0 ** -shift).floor_().add_(q)
 

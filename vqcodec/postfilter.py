@@ -137,13 +137,14 @@ def apply(p: torch.Tensor, weights: np.ndarray, plane: int) -> torch.Tensor:
         return p
     shape = PLANES[plane]
     p = p.float()
-    cls = classify(p, shape).long()
+    cls = classify(p, shape).to(torch.int32).reshape(-1)
+    per = lambda v: v.index_select(0, cls).reshape(p.shape)  # each pixel's class's value (int32 index: 2x faster)
     # sum_k w_k (a_k + b_k - 2p) + 32 bias + 64 as sum_k w_k (a_k + b_k) - 2 p sum_k w_k + (32 bias + 64):
     # every term an integer below 2**20, so each partial sum is exact in float32 in any order
-    total = (w[:, -1] * (SCALE // BIAS_SCALE) + SCALE // 2)[cls]
-    total.addcmul_(p, (-2 * w[:, :-1].sum(1))[cls])
+    total = per(w[:, -1] * (SCALE // BIAS_SCALE) + SCALE // 2)
+    total.addcmul_(p, per(-2 * w[:, :-1].sum(1)))
     for k, pair in enumerate(_pairs(_pad(p, shape.radius), shape)):
-        total.addcmul_(pair, w[:, k][cls])
+        total.addcmul_(pair, per(w[:, k].contiguous()))
     return total.div_(SCALE).floor_().add_(p).clamp_(0, 255)
 
 
