@@ -120,7 +120,10 @@ class ExactNet:
 
     def __init__(self, tensors: dict[str, torch.Tensor], patch: int, frames: int, device: str = "cpu"):
         self.patch, self.frames, self.device = patch, frames, device
-        self.convolve = device == "cpu"  # a whole grid's 3x3 products as a convolution (else matrix products)
+        # a whole grid's 3x3 products as oneDNN's convolution on a CPU, unless it was told to trade
+        # float32 for bf16 or TF32 (torch.backends.mkldnn.conv.fp32_precision); else matrix products
+        conv_precision = getattr(getattr(torch.backends.mkldnn, "conv", None), "fp32_precision", "none")
+        self.convolve = device == "cpu" and conv_precision in ("none", "ieee")
         dev = lambda t: t.to(device=device, dtype=torch.float32).contiguous()
         if device != "cpu" or torch.get_float32_matmul_precision() != "highest":
             # no reduced-precision products (TF32, bf16): every float32 product must be exact
