@@ -20,7 +20,7 @@ from . import motion
 from .entropy import (FRESH_PASSES, INTRA, NEAR_INTER, NEAR_PASSES, NEAR_SKIP, SKIP, first_neighbours, first_passes,
                       group_quality, near_neighbours, near_passes)
 from .errors import VqvError
-from .exact import ExactNet, dilate, mean2, planes_to_tokens, rebuild_change, step_units, tokens_to_planes
+from .exact import LATENT_LIMIT, ExactNet, dilate, mean2, planes_to_tokens, rebuild_change, step_units, tokens_to_planes
 from .modelfile import CodecModel
 from .video import Frame
 
@@ -74,12 +74,13 @@ class Reconstruction:
                 coefs: torch.Tensor, step: float) -> torch.Tensor:
         """Each token's latent from its mode: INTRA z_vq + coefficients, SKIP z_pred, INTER
         z_pred + coefficients.  The encoder and the decoder both call this, with the same
-        tensors, so they hold bit-identical latents (exact integers, exact.rebuild_change)."""
+        tensors, so they hold bit-identical latents (exact integers, exact.rebuild_change; clamped
+        to +-LATENT_LIMIT, which only a hostile stream reaches)."""
         change = self.change(coefs, step)
         if z_pred is None:
-            return z_vq + change
+            return (z_vq + change).clamp_(-LATENT_LIMIT, LATENT_LIMIT)
         return torch.where((modes == INTRA)[:, None], z_vq + change,
-                           torch.where((modes == SKIP)[:, None], z_pred, z_pred + change))
+                           torch.where((modes == SKIP)[:, None], z_pred, z_pred + change)).clamp_(-LATENT_LIMIT, LATENT_LIMIT)
 
     def change(self, coefs: torch.Tensor, step: float) -> torch.Tensor:
         """The latent change (N, D) that quantised coefficients (N, D) code at `step`, exact."""
@@ -159,7 +160,7 @@ class Reconstruction:
         pred = self.spatial_prediction(rec, shape, at, near=True)
         change = self.change(coefs[at], step)
         rec = rec.clone()
-        rec[at] = torch.where((modes[at] == NEAR_INTER)[:, None], pred + change, pred)
+        rec[at] = torch.where((modes[at] == NEAR_INTER)[:, None], pred + change, pred).clamp_(-LATENT_LIMIT, LATENT_LIMIT)
         return rec
 
     def rebuild_later(self, z_vq: torch.Tensor, z_base: torch.Tensor, modes: torch.Tensor, coefs: torch.Tensor,
