@@ -167,3 +167,14 @@ def test_the_decoder_imports_nothing_of_the_encoders():
     assert "vqcodec.decoder" in loaded and "vqcodec.reconstruct" in loaded
     assert not loaded & {"vqcodec.encoder", "vqcodec.search", "vqcodec.filterfit", "vqcodec.tablefit",
                          "vqcodec.codec", "vqcodec.train", "vqcodec.bench"}, loaded
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_gpu_decodes_every_conformance_stream_to_the_same_md5(model):
+    from vqcodec.modelfile import load_model
+    on_gpu = load_model(device="cuda")
+    for name, entry in _manifest()["streams"].items():
+        frames = frames_from_bytes((CONFORMANCE / f"{name}.vqv").read_bytes(), on_gpu, device="cuda", conceal=False,
+                                   concealed=[])
+        assert _md5(frames) == entry["md5"], name
