@@ -26,7 +26,7 @@ def test_encode_decode_info_through_the_cli(tmp_path, carphone, capsys):
     assert code == 0, err
     assert "target 300 kbit/s" in out
     code, out, _ = run(capsys, "info", tmp_path / "b.vqv")
-    assert "rate-controlled" in out and "bitrate: 300" in out
+    assert "rate-controlled" in out and "target_kbps: 300" in out
 
 
 @pytest.mark.parametrize("args, message", [
@@ -185,3 +185,30 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path, carphone, capsys, monkeypatch
     code, _, err = run(capsys, "encode", carphone, "-o", tmp_path / "o.vqv")
     assert code == 130 and "interrupted" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_command_prints_the_help_and_no_empty_error(capsys):
+    code, out, err = run(capsys)
+    assert code == 2 and "Usage" in out + err and "error" not in err
+
+
+def test_short_help_and_version(capsys):
+    code, out, _ = run(capsys, "-h")
+    assert code == 0 and "encode" in out
+    code, out, _ = run(capsys, "encode", "-h")
+    assert code == 0 and "--quality" in out
+    from vqcodec import __version__
+    from vqcodec.bitstream import VERSION
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"vqcodec {__version__} (.vqv format {VERSION})"
+
+
+def test_quality_zero_is_refused_not_taken_as_the_default(tmp_path, carphone, capsys):
+    code, _, err = run(capsys, "encode", carphone, "-o", tmp_path / "o.vqv", "--quality", "0")
+    assert code == 1 and "from 1 to 8, got 0" in err and not (tmp_path / "o.vqv").exists()
+
+
+def test_encode_to_a_video_container_name_is_refused(tmp_path, carphone, capsys):
+    code, _, err = run(capsys, "encode", carphone, "-o", tmp_path / "o.mkv")
+    assert code == 1 and "writes a .vqv stream" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.mkv").exists()

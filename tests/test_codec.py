@@ -275,7 +275,7 @@ def test_bitrate_mode_meets_its_target_and_records_each_segment(tmp_path, make_c
     assert abs(rep.kbps - target) <= 0.1 * target, (rep.kbps, target, rep.segment_qualities)
     assert len(set(rep.segment_qualities)) > 1
     info = inspect(tmp_path / "a.vqv")
-    assert info["quality"] == 0 and info["bitrate"] == round(target)
+    assert info["quality"] == 0 and info["target_kbps"] == round(target)
     data = (tmp_path / "a.vqv").read_bytes()
     segments = [s for s in bs.read_segments(data, bs.unpack_header(data[:bs.HEADER_SIZE]))]
     assert [s.quality for s in segments] == rep.segment_qualities

@@ -12,7 +12,10 @@ import typer
 from typer.exceptions import TyperException
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="vqcodec: a learned spatiotemporal VQ-VAE video codec.")
+# what `decode` writes; `encode -o` names a .vqv, so one of these there is a mistake
+CONTAINERS = {".mkv", ".mp4", ".y4m", ".avi", ".mov", ".webm", ".png"}
 _state = {"debug": False}
 
 
@@ -57,8 +60,11 @@ def encode(input: Path = typer.Argument(..., help="any video PyAV can open"),
 
     if quality is not None and bitrate is not None:
         raise VqvError("give --quality or --bitrate, not both")
+    if output.suffix.lower() in CONTAINERS:
+        raise VqvError(f"{output}: encode writes a .vqv stream, not a {output.suffix} video "
+                       f"(name it .vqv; vqcodec decode X.vqv -o {output.name} makes the video)")
     with progress_bar("encode", probe(input).frames) as advance:
-        report = encode_file(input, output, quality=quality or DEFAULT_QUALITY, bitrate=bitrate, model=model,
+        report = encode_file(input, output, quality=DEFAULT_QUALITY if quality is None else quality, bitrate=bitrate, model=model,
                              device=device.value, overwrite=yes, segment_frames=segment, progress=advance)
     typer.echo(report.summary())
 
@@ -134,9 +140,9 @@ def info(input: Optional[Path] = typer.Argument(None, help="a .vqv file"),
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
-    for key in ("version", "model", "width", "height", "fps", "frames", "pix_fmt", "quality", "bitrate", "stages",
+    for key in ("version", "model", "width", "height", "fps", "frames", "pix_fmt", "quality", "target_kbps", "stages",
                 "group_frames", "segment_frames", "segments", "bytes", "kbps", "bpp"):
-        if key == "bitrate" and not d[key]:
+        if key == "target_kbps" and not d[key]:
             continue
         value = d[key]
         if key == "quality" and value == 0:
@@ -197,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except TyperException as exc:  # usage errors (typer's own click)
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"vqcodec: error: {message} (see vqcodec --help)", file=sys.stderr)
+        if message.strip():  # (no command at all: the help was printed, nothing more to say)
+            print(f"vqcodec: error: {message} (see vqcodec --help)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vqcodec: interrupted", file=sys.stderr)

@@ -216,7 +216,8 @@ def inspect(src: Path) -> dict:
         data.close()
     d = header.to_dict()
     seconds = header.frames / float(header.fps)
-    d.update({"model": d.pop("fingerprint"), "bytes": size,
+    target = d.pop("bitrate")  # the --bitrate asked (0: a fixed quality), not the file's rate (kbps)
+    d.update({"model": d.pop("fingerprint"), "target_kbps": target or None, "bytes": size,
               "kbps": round(8 * size / seconds / 1000, 3) if seconds else 0.0,
               "bpp": round(8 * size / (header.width * header.height * header.frames), 5) if header.frames else 0.0,
               "segment_table": segments, "damaged": damaged,
