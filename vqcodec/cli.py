@@ -71,7 +71,7 @@ def encode(input: Path = typer.Argument(..., help="any video PyAV can open"),
 
 @app.command()
 def decode(input: Path = typer.Argument(..., help="a .vqv file"),
-           output: Path = typer.Option(..., "-o", "--output", help=".y4m, .mkv, .mp4, .png (one frame) or a folder"),
+           output: Path = typer.Option(..., "-o", "--output", help=".y4m, .mkv, .avi (FFV1), .mp4, .mov (x264 lossless), .png (one frame) or a folder"),
            conceal: bool = typer.Option(False, "--conceal", help="conceal damaged segments instead of failing"),
            model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
     """Decompress a .vqv file into a video (container chosen by the extension)."""

@@ -7,7 +7,7 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, log_path=False)  # log lines without our source references
 
 
 @contextmanager

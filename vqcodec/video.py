@@ -184,7 +184,7 @@ def output_kind(path: Path) -> str:
         return "image"
     if ext == "":
         return "dir"
-    raise VqvError(f"{path}: unknown output type '{ext}' (use .y4m, .mkv, .mp4, .png or a folder)")
+    raise VqvError(f"{path}: unknown output type '{ext}' (use .y4m, .mkv, .avi, .mp4, .mov, .png or a folder)")
 
 
 class VideoWriter:
