@@ -212,3 +212,9 @@ def test_encode_to_a_video_container_name_is_refused(tmp_path, carphone, capsys)
     code, _, err = run(capsys, "encode", carphone, "-o", tmp_path / "o.mkv")
     assert code == 1 and "writes a .vqv stream" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.mkv").exists()
+
+
+def test_flags_show_no_value_placeholder_in_the_help(capsys):
+    for args in (["-h"], ["decode", "-h"], ["encode", "-h"], ["info", "-h"]):
+        code, out, _ = run(capsys, *args)
+        assert code == 0 and "<bool>" not in out, args

@@ -34,15 +34,15 @@ def _version(show: bool) -> None:
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="show Python tracebacks on errors"),
-          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+def _root(debug: bool = typer.Option(False, "--debug", metavar="", help="show Python tracebacks on errors"),
+          version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True,
                                        help="print the version and the .vqv format it reads")) -> None:
     _state["debug"] = debug
 
 
 ModelOpt = typer.Option(None, "--model", "-m", help="model file (default: the shipped models/default.pt)")
 DeviceOpt = typer.Option(Device.auto, "--device", help="where the network runs")
-YesOpt = typer.Option(False, "-y", "--yes", help="overwrite an existing output")
+YesOpt = typer.Option(False, "-y", "--yes", metavar="", help="overwrite an existing output")
 
 
 @app.command()
@@ -72,7 +72,7 @@ def encode(input: Path = typer.Argument(..., help="any video PyAV can open"),
 @app.command()
 def decode(input: Path = typer.Argument(..., help="a .vqv file"),
            output: Path = typer.Option(..., "-o", "--output", help=".y4m, .mkv, .avi (FFV1), .mp4, .mov (x264 lossless), .png (one frame) or a folder"),
-           conceal: bool = typer.Option(False, "--conceal", help="conceal damaged segments instead of failing"),
+           conceal: bool = typer.Option(False, "--conceal", metavar="", help="conceal damaged segments instead of failing"),
            model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
     """Decompress a .vqv file into a video (container chosen by the extension)."""
     from .decoder import decode_file, inspect_header
@@ -103,7 +103,7 @@ def train(clips: Path = typer.Argument(..., help="folder of clips (searched recu
           val_every: int = typer.Option(500, "--val-every", help="steps between validations"),
           minutes: Optional[float] = typer.Option(None, "--minutes", help="stop after this long (checkpoint, resume later)"),
           workers: int = typer.Option(-1, "--workers", help="data-loading processes (-1: none on CPU, up to 8 on CUDA)"),
-          compile_: bool = typer.Option(False, "--compile", help="torch.compile the conv stacks (experimental)"),
+          compile_: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the conv stacks (experimental)"),
           device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
     """Fit a model on a folder of clips: network, codebooks, then the entropy tables."""
     from .console import train_display
@@ -121,7 +121,7 @@ def train(clips: Path = typer.Argument(..., help="folder of clips (searched recu
 @app.command()
 def info(input: Optional[Path] = typer.Argument(None, help="a .vqv file"),
          model: Optional[Path] = typer.Option(None, "--model", "-m", help="describe this model file instead"),
-         as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+         as_json: bool = typer.Option(False, "--json", metavar="", help="machine-readable output")) -> None:
     """Show what is inside a .vqv file (header, segments, damage) or a model file (--model)."""
     from .decoder import inspect
     from .modelfile import inspect_model
