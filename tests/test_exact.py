@@ -14,7 +14,7 @@ from vqcodec.exact import (CONV_LIMIT, CONV_SPLIT, GELU_RANGE, LATENT_LIMIT, Exa
 
 @pytest.fixture(scope="module")
 def net(model):
-    return ExactNet(model.exact_tensors(), model.config.patch, model.config.frames)
+    return ExactNet(model.exact_tensors())
 
 
 def _tokens(frames, patch=4):
@@ -90,11 +90,11 @@ def test_the_bounds_are_checked_when_a_model_loads(model):
     tensors = dict(model.exact_tensors())
     tensors["decoder.0.w1"] = tensors["decoder.0.w1"] * 64  # a filter too large for float32 products
     with pytest.raises(ValueError):
-        ExactNet(tensors, 4, 2)
+        ExactNet(tensors)
     tensors = dict(model.exact_tensors())
     tensors["gelu"] = tensors["gelu"][:-1]
     with pytest.raises(ValueError):
-        ExactNet(tensors, 4, 2)
+        ExactNet(tensors)
     assert len(model.exact_tensors()["gelu"]) == 2 * GELU_RANGE + 1
 
 

@@ -64,8 +64,8 @@ def encode(input: Path = typer.Argument(..., help="any video PyAV can open"),
         raise VqvError(f"{output}: encode writes a .vqv stream, not a {output.suffix} video "
                        f"(name it .vqv; vqcodec decode X.vqv -o {output.name} makes the video)")
     with progress_bar("encode", probe(input).frames) as advance:
-        report = encode_file(input, output, quality=DEFAULT_QUALITY if quality is None else quality, bitrate=bitrate, model=model,
-                             device=device.value, overwrite=yes, segment_frames=segment, progress=advance)
+        report = encode_file(input, output, quality=DEFAULT_QUALITY if quality is None else quality, bitrate=bitrate,
+                             model=model, device=device.value, overwrite=yes, segment_frames=segment, progress=advance)
     typer.echo(report.summary())
 
 

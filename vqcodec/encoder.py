@@ -165,17 +165,6 @@ class SegmentCoder(Reconstruction):
             return done[steps]
         return groups
 
-    def vq_encode(self, z: torch.Tensor, stages: int) -> torch.Tensor:
-        """Latent tokens (N, D) in latent units -> residual-VQ indices (stages, N), greedy stage by
-        stage against the exact codebooks (what the decoder adds up)."""
-        residual = z.clone()
-        out = torch.empty(stages, z.shape[0], dtype=torch.long, device=z.device)
-        for k in range(stages):
-            book = self.exact.codebooks[k]
-            out[k] = self.net.quantizer.nearest(residual, book)
-            residual -= book[out[k]]
-        return out
-
     # -- rates (bits per token) ------------------------------------------------------------------
     def _index_rate(self, idx: torch.Tensor, ctx: torch.Tensor | int) -> torch.Tensor:
         """Bits of VQ indices (D, N) in context rows ctx ((D, N) or one row id)."""
@@ -301,7 +290,7 @@ class SegmentCoder(Reconstruction):
                 if fit is not None:
                     fit.add_group(src, recon, *size)
             src = planes
-            idx = self.vq_encode(z, stages)
+            idx = self.net.quantizer.encode(z, stages, self.exact.codebooks)  # the exact codebooks the decoder adds
             z_vq = self.exact.vq(idx)
             first = z_prev is None
             mv, fresh = still, first

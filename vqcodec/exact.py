@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .model import from_tubes, to_tubes
+
 LATENT_UNIT = 4080            # latent units per unit of the float network's latent (255 x 16)
 PIXEL_UNIT = 16               # latent units per 8-bit pixel level
 PIXEL_ZERO = 2040             # the latent of a pixel p is PIXEL_UNIT p - PIXEL_ZERO (127.5 x 16)
@@ -118,8 +120,7 @@ class ExactNet:
 
     Latents are (N, D) float32 tensors of integers (tokens of an h x w grid, raster order)."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], patch: int, frames: int, device: str = "cpu"):
-        self.patch, self.frames, self.device = patch, frames, device
+    def __init__(self, tensors: dict[str, torch.Tensor], device: str = "cpu"):
         # a whole grid's 3x3 products as oneDNN's convolution on a CPU, unless it was told to trade
         # float32 for bf16 or TF32 (torch.backends.mkldnn.conv.fp32_precision); else matrix products
         conv_precision = getattr(getattr(torch.backends.mkldnn, "conv", None), "fp32_precision", "none")
@@ -219,7 +220,7 @@ class ExactNet:
         """Latent tokens (N, D) -> the tubes' 8-bit pixels (N, D) float32 (0..255); only the tokens
         in `need` are right when given."""
         out = self._stack(self.decoder, z, shape, need)
-        return out.add_(PIXEL_ZERO + PIXEL_UNIT // 2).mul_(1.0 / PIXEL_UNIT).floor_().clamp_(0, 255).float()
+        return out.add_(PIXEL_ZERO + PIXEL_UNIT // 2).mul_(1.0 / PIXEL_UNIT).floor_().clamp_(0, 255)
 
     def invert(self, x: torch.Tensor, shape: tuple[int, int], steps: int, need: torch.Tensor | None = None) -> torch.Tensor:
         """Tubes of pixels (N, D) (8-bit values, or a prediction's fractions of them) -> the latent
@@ -231,7 +232,7 @@ class ExactNet:
         z = self._stack(self.encoder, t, shape, reach(steps))
         for s in range(steps):  # each step's output is needed as far as the steps after it reach
             z = (z + (t - self._stack(self.decoder, z, shape, reach(steps - 1 - s)))).clamp_(-LATENT_LIMIT, LATENT_LIMIT)
-        return z.float()
+        return z
 
     def vq(self, indices: torch.Tensor) -> torch.Tensor:
         """Indices (S, N) of the first S stages -> the sum of their codewords (N, D), exact integers."""
@@ -301,27 +302,15 @@ def check_bounds(blocks: list[Block], table: int) -> None:
 
 
 def planes_to_tokens(planes: tuple[torch.Tensor, ...], patch: int) -> torch.Tensor:
-    """Planes y (T, H, W), u, v (T, H/2, W/2) -> tubes (h * w, T * C) (the model's to_tubes
+    """Planes y (T, H, W), u, v (T, H/2, W/2) -> their tubes as token rows (h * w, T * C) (model.to_tubes'
     layout, not centred), in the planes' own units."""
-    y, u, v = planes
-    t, h, w = y.shape
-    ty = F.pixel_unshuffle(y.reshape(t, 1, h, w), patch)
-    tu = F.pixel_unshuffle(u.reshape(t, 1, h // 2, w // 2), patch // 2)
-    tv = F.pixel_unshuffle(v.reshape(t, 1, h // 2, w // 2), patch // 2)
-    x = torch.cat([ty, tu, tv], 1)  # (T, C, h, w)
-    return x.reshape(t * x.shape[1], -1).t()
+    x = to_tubes(*(p[None] for p in planes), patch, centre=0)[0]
+    return x.reshape(x.shape[0], -1).t()
 
 
 def tokens_to_planes(x: torch.Tensor, shape: tuple[int, int], frames: int, patch: int) -> tuple[torch.Tensor, ...]:
     """Inverse of planes_to_tokens: (h * w, T * C) -> y (T, H, W), u, v (T, H/2, W/2)."""
-    h, w = shape
-    c = x.shape[1] // frames
-    g = x.t().reshape(frames, c, h, w)
-    ny, nc = patch * patch, (patch // 2) ** 2
-    y = F.pixel_shuffle(g[:, :ny], patch)[:, 0]
-    u = F.pixel_shuffle(g[:, ny:ny + nc], patch // 2)[:, 0]
-    v = F.pixel_shuffle(g[:, ny + nc:], patch // 2)[:, 0]
-    return y, u, v
+    return tuple(p[0] for p in from_tubes(x.t().reshape(1, -1, *shape), frames, patch, centre=0))
 
 
 def rebuild_change(coefs: torch.Tensor, basis: torch.Tensor, step: int) -> torch.Tensor:

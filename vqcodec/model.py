@@ -62,21 +62,22 @@ class ResBlock(nn.Module):
         return x + self.proj(F.gelu(h))
 
 
-def to_tubes(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, patch: int) -> torch.Tensor:
-    """Planes y (B,T,H,W), u/v (B,T,H/2,W/2) in [0,1] -> tubes (B, T*C, H/p, W/p), centred at 0."""
+def to_tubes(y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, patch: int, centre: float = 0.5) -> torch.Tensor:
+    """Planes y (B,T,H,W), u/v (B,T,H/2,W/2) in [0,1] -> tubes (B, T*C, H/p, W/p), centred at 0
+    (minus `centre`: 0 keeps the planes' own values, as the exact networks take them)."""
     b, t, h, w = y.shape
     ty = F.pixel_unshuffle(y.reshape(b * t, 1, h, w), patch)
     tu = F.pixel_unshuffle(u.reshape(b * t, 1, h // 2, w // 2), patch // 2)
     tv = F.pixel_unshuffle(v.reshape(b * t, 1, h // 2, w // 2), patch // 2)
-    x = torch.cat([ty, tu, tv], 1) - 0.5
+    x = torch.cat([ty, tu, tv], 1) - centre
     return x.reshape(b, t * x.shape[1], h // patch, w // patch)
 
 
-def from_tubes(x: torch.Tensor, frames: int, patch: int):
+def from_tubes(x: torch.Tensor, frames: int, patch: int, centre: float = 0.5):
     """Inverse of to_tubes: (B, T*C, h, w) -> y, u, v planes in [0,1] (not clamped)."""
     b, tc, h, w = x.shape
     c = tc // frames
-    x = x.reshape(b * frames, c, h, w) + 0.5
+    x = x.reshape(b * frames, c, h, w) + centre
     ny, nc = patch * patch, (patch // 2) ** 2
     y = F.pixel_shuffle(x[:, :ny], patch).reshape(b, frames, h * patch, w * patch)
     u = F.pixel_shuffle(x[:, ny:ny + nc], patch // 2).reshape(b, frames, h * patch // 2, w * patch // 2)

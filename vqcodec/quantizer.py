@@ -48,15 +48,17 @@ class ResidualVQ(nn.Module):
         return out
 
     @torch.no_grad()
-    def encode(self, z: torch.Tensor, stages: int | None = None) -> torch.Tensor:
-        """z (N, D) -> indices (stages, N) as int64, greedy stage by stage."""
+    def encode(self, z: torch.Tensor, stages: int | None = None, books: torch.Tensor | None = None) -> torch.Tensor:
+        """z (N, D) -> indices (stages, N) as int64, greedy stage by stage (against `books`, the
+        codebooks in another unit, such as the exact ones, when given)."""
         stages = self.stages if stages is None else stages
+        books = self.codebooks if books is None else books
         residual = z.float().clone()
         out = torch.empty(stages, z.shape[0], dtype=torch.long, device=z.device)
         for k in range(stages):
-            idx = self.nearest(residual, self.codebooks[k])
+            idx = self.nearest(residual, books[k])
             out[k] = idx
-            residual -= self.codebooks[k][idx]
+            residual -= books[k][idx]
         return out
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:

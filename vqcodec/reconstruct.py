@@ -66,7 +66,7 @@ class Reconstruction:
     def __init__(self, model: CodecModel, device: str):
         self.model, self.device = model, device
         self.cfg = model.config
-        self.exact = ExactNet(model.exact_tensors(), self.cfg.patch, self.cfg.frames, device)
+        self.exact = ExactNet(model.exact_tensors(), device)
         self._synth: tuple | None = None  # (shape, latent, its pixels): the last synthesis
         self._layout: tuple = (None,)  # (shape, (fresh passes, neighbours), (near passes, neighbours)) on the device
 
