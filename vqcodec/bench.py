@@ -9,14 +9,12 @@ PSNR-YUV, integrated over the PSNR range both curves cover.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
@@ -25,9 +23,8 @@ from .encoder import encode_frames
 from .errors import VqvError
 from .metrics import ms_ssim_tensor, sequence_quality
 from .modelfile import CodecModel
-from .video import Frame, frame_to_av, probe, read_frames
-
-os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only
+from .classic import CLASSICS
+from .video import Frame, VideoWriter, probe, read_frames
 
 
 @dataclass
@@ -67,48 +64,13 @@ def measure(name: str, codec: str, setting: int, ref: list[Frame], dec: list[Fra
 
 
 # -- codecs --------------------------------------------------------------------------------------
-@dataclass
-class Classic:
-    """A classic encoder through PyAV; `settings` are CRF values (small = better picture)."""
-
-    name: str
-    encoder: str
-    settings: tuple[int, ...]
-    options: dict
-
-    def run(self, frames: list[Frame], fps: Fraction, setting: int, workdir: Path):
-        path = workdir / f"{self.name}.mkv"
-        t0 = time.perf_counter()
-        out = av.open(str(path), "w")
-        stream = out.add_stream(self.encoder, rate=fps, options={**self.options, "crf": str(setting)})
-        stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
-        nbytes = 0
-        for i, f in enumerate(frames):
-            af = frame_to_av(f)
-            af.pts = i
-            for p in stream.encode(af):
-                nbytes += p.size
-                out.mux(p)
-        for p in stream.encode():
-            nbytes += p.size
-            out.mux(p)
-        out.close()
-        t_enc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        dec = list(read_frames(path))
-        return nbytes, dec, t_enc, time.perf_counter() - t0
-
-
-CLASSICS = {
-    # One thread: libx264's frame threads, as PyAV's build runs them, make a different stream in
-    # about half of all processes (payload 3723..3773 bytes for the same 12 frames), so the
-    # figures would not reproduce.  x265, SVT-AV1 and VP9 gave the same bytes every time.
-    "x264": Classic("x264", "libx264", (18, 23, 28, 33, 38), {"preset": "medium", "threads": "1"}),
-    "x265": Classic("x265", "libx265", (18, 23, 28, 33, 38), {"preset": "medium", "x265-params": "log-level=error"}),
-    "svtav1": Classic("svtav1", "libsvtav1", (25, 32, 39, 46, 53), {"preset": "8"}),
-    "vp9": Classic("vp9", "libvpx-vp9", (20, 28, 36, 44, 52), {"b": "0", "deadline": "good", "cpu-used": "4",
-                                                                "row-mt": "1"}),
-}
+def run_classic(codec: str, y4m: Path, fps: Fraction, setting: int, workdir: Path):
+    """(payload bytes, decoded frames, encode seconds, decode seconds) of a classic codec."""
+    path = workdir / f"{codec}.mkv"
+    nbytes, t_enc = CLASSICS[codec].encode(y4m, fps, setting, path)
+    t0 = time.perf_counter()
+    dec = list(read_frames(path))
+    return nbytes, dec, t_enc, time.perf_counter() - t0
 
 
 def run_vqcodec(frames: list[Frame], fps: Fraction, quality: int, model: CodecModel, device: str, workdir: Path):
@@ -180,6 +142,12 @@ def run(inputs: list[Path], *, qualities: list[int], codecs: list[str], frames: 
             ref = list(read_frames(src, limit=frames))
             if not ref:
                 raise VqvError(f"{src}: no frames")
+            y4m = Path(tmp) / "ref.y4m"  # the classic encoders' input (classic.py: a process each)
+            if codecs:
+                writer = VideoWriter(y4m, y4m, ref[0].width, ref[0].height, fps)
+                for f in ref:
+                    writer.write(f)
+                writer.close()
             for name, m in [("vqcodec", model)] + [(f"model:{k}", v) for k, v in (others or {}).items()]:
                 for q in qualities:
                     nbytes, dec, te, td = run_vqcodec(ref, fps, q, m, device, Path(tmp))
@@ -188,7 +156,7 @@ def run(inputs: list[Path], *, qualities: list[int], codecs: list[str], frames: 
                         progress(points[-1])
             for c in codecs:
                 for crf in CLASSICS[c].settings:
-                    nbytes, dec, te, td = CLASSICS[c].run(ref, fps, crf, Path(tmp))
+                    nbytes, dec, te, td = run_classic(c, y4m, fps, crf, Path(tmp))
                     points.append(measure(src.name, c, crf, ref, dec, nbytes, fps, te, td))
                     if progress:
                         progress(points[-1])
