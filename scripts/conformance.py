@@ -66,7 +66,17 @@ def streams(frames: list[Frame]) -> dict[str, dict]:
                                      covers="the top quality (target step), two segments, a last segment of 4 frames"),
         "still_q2": dict(frames=[_crop(first, 0, 0, 144, 176)], options=dict(quality=2),
                          covers="a still (one frame, its group padded)"),
+        "streamed_q4": dict(frames=frames[:12], options=dict(quality=4, segment_frames=8), streamed=True,
+                            covers="a streamed file (written to a pipe: counts 0 in the header, a trailer), two segments"),
     }
+
+
+def as_streamed(data: bytes) -> bytes:
+    """What the encoder writes to a pipe for the same frames: the header without its counts, the
+    same segments, and the trailer (tests/test_cli.py checks that the encoder does exactly this)."""
+    header = bs.unpack_header(data[:bs.HEADER_SIZE])
+    header.streamed = True
+    return header.pack() + data[bs.HEADER_SIZE:] + header.pack_trailer()
 
 
 def pictures_md5(frames) -> tuple[str, int]:
@@ -82,8 +92,10 @@ def pictures_md5(frames) -> tuple[str, int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true", help="rewrite even though the format has not moved")
+    ap.add_argument("--dir", type=Path, default=OUT, help=f"where the set lives (default {OUT.relative_to(ROOT)})")
     args = ap.parse_args()
-    manifest = OUT / "MD5SUMS.json"
+    out = args.dir
+    manifest = out / "MD5SUMS.json"
     model = load_model()
     if manifest.exists() and not args.force:
         old = json.loads(manifest.read_text())
@@ -93,14 +105,16 @@ def main() -> int:
             return 1
     from vqcodec.decoder import decode_bytes, frames_from_bytes  # noqa: F401  (decode as a user would)
 
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     frames = list(read_frames(SOURCE))
     entries = {}
     for name, s in streams(frames).items():
-        path = OUT / f"{name}.vqv"
+        path = out / f"{name}.vqv"
         report = encode_frames(s["frames"], FPS, path, model=model, device="cpu", overwrite=True, **s["options"])
+        if s.get("streamed"):
+            path.write_bytes(as_streamed(path.read_bytes()))
         md5, n = pictures_md5(frames_from_bytes(path.read_bytes(), model, conceal=False, concealed=[]))
-        entries[name] = {"md5": md5, "frames": n, "bytes": report.bytes, "covers": s["covers"]}
+        entries[name] = {"md5": md5, "frames": n, "bytes": path.stat().st_size, "covers": s["covers"]}
         print(f"{name}: {report.summary()}; pictures {md5}")
     manifest.write_text(json.dumps({"format": bs.VERSION, "model": model.fingerprint.hex(), "streams": entries},
                                    indent=1) + "\n")

@@ -81,3 +81,46 @@ def test_a_file_of_another_format_names_the_release_that_decodes_it():
         bs.unpack_header(as_version(5))
     with pytest.raises(bs.BitstreamError, match="upgrade vqcodec"):
         bs.unpack_header(as_version(bs.VERSION + 1))
+
+
+def test_colour_tags_sit_at_their_offsets_and_read_back():
+    h = header(colour=(1, 1, 1, 1))  # limited range, BT.709 matrix, primaries and transfer
+    data = h.pack()
+    assert data[60:64] == bytes([1, 1, 1, 1])
+    back = bs.unpack_header(data)
+    assert back.colour == (1, 1, 1, 1) and back.to_dict()["colour"] == {
+        "range": "tv", "matrix": "bt709", "primaries": "bt709", "transfer": "bt709"}
+
+
+def streamed(h):
+    """What an encoder writing to a pipe sends: a header with no counts, the segments, a trailer."""
+    h.streamed = True
+    _, data, segs = stream(h)
+    return data + h.pack_trailer(), segs
+
+
+def test_a_streamed_file_takes_its_counts_and_rate_from_the_trailer():
+    data, segs = streamed(header(fps=Fraction(25)))
+    assert struct.unpack_from("<I", data, 40)[0] == 0 and struct.unpack_from("<I", data, 52)[0] == 0
+    first = bs.unpack_header(data[:bs.HEADER_SIZE])
+    assert first.streamed and first.frames == 0
+    # the trailer may say another rate than the header: the one the frames' timestamps showed
+    h = bs.complete_streamed(data[:-bs.TRAILER_SIZE] + header(fps=Fraction(24)).pack_trailer(), first)
+    assert (h.frames, h.segments, h.fps) == (20, 3, Fraction(24))
+    assert list(bs.read_segments(data, bs.complete_streamed(data, first))) == segs
+
+
+def test_a_cut_stream_is_read_to_its_last_whole_segment():
+    data, segs = streamed(header())
+    first = bs.unpack_header(data[:bs.HEADER_SIZE])
+    cut = data[:bs.HEADER_SIZE + len(segs[0].pack()) + len(segs[1].pack()) + 7]  # inside segment 2
+    h = bs.complete_streamed(cut, first)
+    assert (h.frames, h.segments, h.fps) == (16, 2, first.fps)
+    assert list(bs.read_segments(cut, h)) == segs[:2]
+    # without its trailer but whole, the last (short) segment ends it
+    h = bs.complete_streamed(data[:-bs.TRAILER_SIZE], first)
+    assert (h.frames, h.segments) == (20, 3)
+    # a damaged trailer is not believed
+    bad = bytearray(data)
+    bad[-10] ^= 1
+    assert bs.complete_streamed(bytes(bad), first).frames == 20

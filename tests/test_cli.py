@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import pytest
 
 from vqcodec.cli import main
@@ -181,7 +183,7 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path, carphone, capsys, monkeypatch
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(encoder.SegmentCoder, "symbols", interrupt)  # simulated Ctrl-C mid-encode
+    monkeypatch.setattr(encoder.SegmentCoder, "decide", interrupt)  # simulated Ctrl-C mid-encode
     code, _, err = run(capsys, "encode", carphone, "-o", tmp_path / "o.vqv")
     assert code == 130 and "interrupted" in err
     assert list(tmp_path.iterdir()) == []
@@ -221,3 +223,146 @@ def test_flags_show_no_value_placeholder_in_the_help(capsys):
         code, out, _ = run(capsys, *args)
         lines = [line for line in out.splitlines() if any(f in line for f in flags)]
         assert code == 0 and len(lines) >= len(flags) and not any("<bool>" in line for line in lines), args
+
+
+# -- the shell: pipes, FIFOs, true timing, part of a video (real processes, real pipes) ----------
+def vq(*args, stdin=None, input_bytes=None):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "vqcodec", *map(str, args)], stdin=stdin, input=input_bytes,
+                          capture_output=True, timeout=300)
+
+
+def y4m_frames(data: bytes):
+    import io
+    return list(read_frames_from(io.BytesIO(data)))
+
+
+def read_frames_from(f):
+    import av
+    from vqcodec.video import frame_from_av
+    with av.open(f) as c:
+        stream = c.streams.video[0]
+        for frame in c.decode(stream):
+            yield frame_from_av(frame)
+
+
+def test_encode_from_a_pipe_to_a_pipe_and_decode_from_a_pipe_to_a_pipe(tmp_path, carphone_frames):
+    from conftest import write_clip
+    src = write_clip(tmp_path / "src.y4m", carphone_frames[:6])
+    # ffmpeg -i in -f yuv4mpegpipe - | vqcodec encode - -o - > out.vqv
+    enc = vq("encode", "-", "-o", "-", "-q", "2", input_bytes=src.read_bytes())
+    assert enc.returncode == 0, enc.stderr
+    assert enc.stdout[:4] == b"VQVC" and b"encoded 6 frames" in enc.stderr  # the summary on stderr
+    (tmp_path / "piped.vqv").write_bytes(enc.stdout)
+    info = json.loads(vq("info", tmp_path / "piped.vqv", "--json").stdout)
+    assert info["streamed"] and info["frames"] == 6 and info["fps"] == "30000/1001"
+    # the same encode to a file: the same segments, a header with its counts, no trailer
+    assert vq("encode", src, "-o", tmp_path / "file.vqv", "-q", "2").returncode == 0
+    file_bytes = (tmp_path / "file.vqv").read_bytes()
+    from vqcodec import bitstream as bs
+    assert enc.stdout[bs.HEADER_SIZE:-bs.TRAILER_SIZE] == file_bytes[bs.HEADER_SIZE:]
+    # cat piped.vqv | vqcodec decode - -o - | (a y4m reader), and to a file: the same pictures
+    dec = vq("decode", "-", "-o", "-", input_bytes=enc.stdout)
+    assert dec.returncode == 0, dec.stderr
+    assert dec.stdout.startswith(b"YUV4MPEG2") and b"decoded 6 frames" in dec.stderr
+    assert vq("decode", tmp_path / "file.vqv", "-o", tmp_path / "file.y4m").returncode == 0
+    piped, filed = y4m_frames(dec.stdout), list(read_frames_from(str(tmp_path / "file.y4m")))
+    assert len(piped) == 6 and all(np.array_equal(a.y, b.y) and np.array_equal(a.v, b.v) for a, b in zip(piped, filed))
+    # --format mkv to a pipe; mp4 cannot be written there
+    mkv = vq("decode", tmp_path / "file.vqv", "-o", "-", "--format", "mkv")
+    assert mkv.returncode == 0 and len(y4m_frames(mkv.stdout)) == 6
+    bad = vq("decode", tmp_path / "file.vqv", "-o", "-", "--format", "mp4")
+    assert bad.returncode == 1 and b"cannot seek back" in bad.stderr and bad.stdout == b""
+
+
+def test_a_cut_stream_decodes_its_whole_segments(tmp_path, carphone_frames):
+    from conftest import write_clip
+    src = write_clip(tmp_path / "src.y4m", carphone_frames[:8])
+    enc = vq("encode", "-", "-o", "-", "--segment", "4", input_bytes=src.read_bytes())
+    assert enc.returncode == 0, enc.stderr
+    dec = vq("decode", "-", "-o", "-", input_bytes=enc.stdout[:-40])  # trailer and part of segment 1 lost
+    assert dec.returncode == 0, dec.stderr
+    assert len(y4m_frames(dec.stdout)) == 4
+
+
+def test_a_fifo_is_written_never_replaced(tmp_path, carphone):
+    import os
+    import threading
+    vqv = tmp_path / "a.vqv"
+    assert vq("encode", carphone, "-o", vqv, "-q", "1").returncode == 0
+    for target, args in ((tmp_path / "out.y4m", ("decode", vqv)), (tmp_path / "out.vqv", ("encode", carphone))):
+        os.mkfifo(target)
+        got = []
+        reader = threading.Thread(target=lambda: got.append(open(target, "rb").read()))
+        reader.start()
+        run_ = vq(*args, "-o", target, "-y")
+        reader.join(60)
+        assert run_.returncode == 0, run_.stderr
+        assert target.is_fifo() and got and len(got[0]) > 1000
+
+
+def test_a_video_whose_header_lies_decodes_to_its_true_duration(tmp_path, carphone_frames):
+    import av
+    from conftest import write_held_avi
+    src = write_held_avi(tmp_path / "held.avi", carphone_frames[:10])  # 10 frames at 25 fps, header: 50 fps
+    enc = vq("encode", src, "-o", tmp_path / "a.vqv", "-q", "1")
+    assert enc.returncode == 0, enc.stderr
+    assert b"encoded 10 frames" in enc.stdout
+    assert vq("decode", tmp_path / "a.vqv", "-o", tmp_path / "a.mkv").returncode == 0
+    with av.open(str(tmp_path / "a.mkv")) as c:
+        s = c.streams.video[0]
+        times = [f.time for f in c.decode(s)]
+    assert len(times) == 10 and abs((times[-1] + 1 / 25) - 10 / 25) < 1 / 25  # 0.4 s, as the source plays
+    info = json.loads(vq("info", tmp_path / "a.vqv", "--json").stdout)
+    assert info["fps"] == "25/1" and info["kbps"] == pytest.approx(8 * info["bytes"] / 0.4 / 1000, rel=1e-3)
+
+
+def test_frames_and_seek_encode_part_of_a_video(tmp_path, carphone, capsys):
+    code, out, err = run(capsys, "encode", carphone, "-o", tmp_path / "a.vqv", "--seek", "0.1", "--frames", "4")
+    assert code == 0, err
+    assert out.startswith("encoded 4 frames")
+    code, out, err = run(capsys, "encode", carphone, "-o", tmp_path / "b.vqv", "--frames", "0")
+    assert code == 1 and "--frames" in err
+
+
+@pytest.mark.parametrize("src_ext", [".mp4", ".mkv"])
+def test_audio_travels_in_the_vqv_and_comes_back_in_sync(tmp_path, carphone_frames, src_ext):
+    from conftest import stream_durations, write_clip_with_audio
+    src = write_clip_with_audio(tmp_path / f"src{src_ext}", carphone_frames[:12])  # 0.48 s at 25 fps
+    enc = vq("encode", src, "-o", tmp_path / "a.vqv", "-q", "1")
+    assert enc.returncode == 0, enc.stderr
+    assert b"audio copied: 1 stream(s)" in enc.stdout
+    info = json.loads(vq("info", tmp_path / "a.vqv", "--json").stdout)
+    assert [a["codec"] for a in info["audio"]] == ["aac 48000 Hz stereo"] and info["audio"][0]["packets"] >= 20
+    source = stream_durations(src)
+    for out in ("a.mkv", "a.mp4"):
+        dec = vq("decode", tmp_path / "a.vqv", "-o", tmp_path / out)
+        assert dec.returncode == 0, dec.stderr
+        assert b"with 1 audio stream(s)" in dec.stdout
+        got = stream_durations(tmp_path / out)
+        assert abs(got["video"] - source["video"]) <= 1 / 25 + 1e-6, out
+        assert abs(got["audio"] - source["audio"]) <= 1 / 25, out
+    # y4m holds no audio: said so; --no-audio drops it at the source
+    dec = vq("decode", tmp_path / "a.vqv", "-o", tmp_path / "a.y4m")
+    assert dec.returncode == 0 and b"warning: left out 1 audio stream(s)" in dec.stderr
+    enc = vq("encode", src, "-o", tmp_path / "b.vqv", "-q", "1", "--no-audio")
+    assert enc.returncode == 0 and b"audio" not in enc.stdout
+    assert json.loads(vq("info", tmp_path / "b.vqv", "--json").stdout)["audio"] == []
+    assert (tmp_path / "b.vqv").stat().st_size < (tmp_path / "a.vqv").stat().st_size
+
+
+def test_audio_survives_a_pipe_and_a_damaged_audio_packet(tmp_path, carphone_frames):
+    from conftest import stream_durations, write_clip_with_audio
+    from vqcodec import bitstream as bs
+    src = write_clip_with_audio(tmp_path / "src.mkv", carphone_frames[:8])
+    enc = vq("encode", "-", "-o", "-", "-q", "1", "--segment", "4", input_bytes=src.read_bytes())
+    assert enc.returncode == 0, enc.stderr
+    data = bytearray(enc.stdout)
+    first = data.find(bs.AUDIO_PACKET_MAGIC)
+    data[first + bs.AUDIO_PACKET_HEADER_SIZE + 1] ^= 0xFF  # one audio packet's data
+    (tmp_path / "a.vqv").write_bytes(bytes(data))
+    dec = vq("decode", tmp_path / "a.vqv", "-o", tmp_path / "a.mkv")
+    assert dec.returncode == 0, dec.stderr  # the video is whole; one packet of audio is lost
+    got = stream_durations(tmp_path / "a.mkv")
+    assert abs(got["video"] - 7 / 25) < 1e-6 and got["audio"] > 0.2  # (the last frame starts at 7/25 s)

@@ -68,3 +68,61 @@ def test_read_window_seeks_to_the_same_frames_as_decoding_from_the_start(carphon
     assert len(got) == 4 and all(np.array_equal(a.y, b.y) for a, b in zip(ref, got))
     assert count_frames(carphone) == 12
     assert len(read_window(carphone, 10, 8)) == 2  # the clip ends first
+
+
+def test_the_rate_comes_from_the_timestamps_in_any_order():
+    from vqcodec.video import rate_from_timestamps
+    ms = lambda values: [Fraction(v, 1000) for v in values]
+    # Matroska's millisecond stamps of 29.97 fps, and decode-order stamps (an AVI with B-frames)
+    tick = Fraction(1, 1000)
+    ntsc = ms([round(i * 1001 / 30) for i in range(31)])  # one second of 29.97 fps, in milliseconds
+    assert rate_from_timestamps(ntsc, Fraction(25), tick) == (Fraction(30000, 1001), None)
+    assert rate_from_timestamps(ms([0, 42, 83]), Fraction(24), tick) == (Fraction(24), None)  # few frames: 1 tick off
+    assert rate_from_timestamps(ms([0, 67, 133, 200]), Fraction(15), tick) == (Fraction(15), None)  # the header fits
+    order = [Fraction(t, 50) for t in (2, 6, 8, 10, 12, 4, 14, 16, 18, 20)]  # ticks of a 50 fps base
+    assert rate_from_timestamps(order, Fraction(50))[0] == 25
+    # one or repeated stamps: the container's rate
+    assert rate_from_timestamps([Fraction(0)], Fraction(50)) == (Fraction(50), None)
+    assert rate_from_timestamps(ms([0, 40, 40, 80]), Fraction(50))[0] == 50
+    # a variable rate: made constant over the same duration, with a warning
+    rate, warning = rate_from_timestamps(ms([0, 40, 80, 200, 240]), Fraction(25))
+    assert rate == Fraction(4, Fraction(240, 1000)) and "variable frame rate" in warning
+
+
+def test_a_source_whose_header_lies_is_read_at_its_true_rate(tmp_path, carphone_frames):
+    from conftest import write_held_avi
+    from vqcodec.video import VideoSource
+    path = write_held_avi(tmp_path / "held.avi", carphone_frames[:10])
+    assert probe(path).fps == 50 and probe(path).frames == 19  # what the header says
+    with VideoSource(path) as source:
+        assert len(list(source.frames())) == 10
+        assert source.timing() == (Fraction(25), None)
+
+
+def test_seek_and_frames_pick_a_part_and_the_input_is_opened_once(tmp_path, carphone_frames):
+    from vqcodec.video import VideoSource
+    path = write_clip(tmp_path / "a.mkv", carphone_frames, Fraction(25))
+    with VideoSource(path, seek=0.2, limit=3) as source:  # 0.2 s at 25 fps: from frame 5
+        got = list(source.frames())
+        assert source.expected_frames == 3
+    assert len(got) == 3 and all(np.array_equal(a.y, b.y) for a, b in zip(got, carphone_frames[5:8]))
+    with pytest.raises(InputError, match="--seek"):
+        VideoSource(path, seek=-1)
+
+
+def test_colour_tags_are_read_from_the_source_and_written_to_every_container(tmp_path, carphone_frames):
+    import av
+    from vqcodec.video import VideoSource
+    tags = (1, 1, 1, 1)  # limited range, BT.709
+    for ext in (".mkv", ".y4m", ".mp4"):
+        path = tmp_path / f"a{ext}"
+        w = VideoWriter(path, path, 176, 144, Fraction(25), colour=tags)
+        for f in carphone_frames[:2]:
+            w.write(f)
+        w.close()
+        with VideoSource(path) as source:
+            list(source.frames())
+            assert source.colour[0] == 1, ext  # y4m carries the range only (XCOLORRANGE)
+            if ext != ".y4m":
+                assert source.colour == tags, ext
+    assert b"XCOLORRANGE=LIMITED" in (tmp_path / "a.y4m").read_bytes()[:100]

@@ -1,14 +1,14 @@
 """The .vqv container: bytes only (no torch, no av).  All integers little-endian.
 
-File header, 64 bytes:
+File header, 72 bytes:
   off size field
     0   4  magic b"VQVC"
-    4   2  format version (u16), currently 14
-    6   2  header size in bytes (u16) = 64
+    4   2  format version (u16), currently 15
+    6   2  header size in bytes (u16) = 72
     8  16  model fingerprint (first 16 bytes of SHA-256 of the model, see modelfile.py)
    24   4  width (u32)            28  4  height (u32)
    32   4  fps numerator (u32)    36  4  fps denominator (u32)
-   40   4  frame count (u32)
+   40   4  frame count (u32); 0: a streamed file, whose counts and rate are in its trailer
    44   1  pixel format (u8): 0 = yuv420p, 8 bit
    45   1  quality 1..8 (u8), or 0: rate-controlled (see 56)
    46   1  VQ stages: the most any segment codes (u8)
@@ -16,9 +16,45 @@ File header, 64 bytes:
    48   2  frames per segment (u16, a multiple of T)
    50   1  patch (latent stride in luma pixels, u8)
    51   1  reserved, 0
-   52   4  segment count (u32)
+   52   4  segment count (u32); 0 when streamed
    56   4  target bit rate in kbit/s (u32) when quality is 0, else 0
-   60   4  CRC-32 of bytes 0..59
+   60   1  colour range (u8, FFmpeg's AVColorRange: 0 unknown, 1 limited "tv", 2 full "pc")
+   61   1  matrix coefficients (u8, ITU-T H.273 code; 2 = unspecified)
+   62   1  colour primaries (u8, H.273)
+   63   1  transfer characteristics (u8, H.273)
+   64   1  audio streams A (u8, at most 16)
+   65   3  reserved, 0
+   68   4  CRC-32 of bytes 0..67
+
+Audio stream description, A times right after the header (their codec parameters, copied):
+    0   4  magic b"VQAS"
+    4   4  length L of the description (u32, at most 64 KiB)
+    8   1  audio stream number (u8, from 0)
+    9   L  the stream's codec parameters as FFmpeg's NUT container holds them: a NUT file with
+           this one stream and a one-byte placeholder packet (a well-kept library's own
+           serialisation of every codec parameter, extradata and channel layout included)
+  9+L   4  CRC-32 of bytes 0..8+L
+
+Audio packet, between segments, in presentation order (stream copy of the source's packets;
+before each segment come the packets that start before the segment ends):
+    0   4  magic b"VQAP"
+    4   1  audio stream number (u8)    5  3  reserved, 0
+    8   8  presentation time (i64) in the stream's time base, from the first video frame
+   16   4  duration (u32), same base
+   20   4  length L of the data (u32, at most 16 MiB)
+   24   4  CRC-32 of bytes 0..23 and the data
+   28   L  the packet as the source's demuxer gave it
+A damaged audio packet is dropped (the reader finds the next chunk by its marker); it never
+costs a video segment.
+
+Trailer, only in a streamed file (frame count 0: written to a pipe, so the header could not be
+rewritten at the end), 24 bytes after the last segment:
+    0   4  magic b"VQTR"
+    4   4  frame count (u32)      8  4  segment count (u32)
+   12   4  fps numerator (u32)   16  4  fps denominator (u32)
+   20   4  CRC-32 of bytes 0..19
+A streamed file whose trailer is missing (the stream was cut) is read up to its last intact
+segment, at the header's rate.
 
 Segment, repeated ``segment count`` times, each decodable on its own:
     0   4  magic b"VQSG"
@@ -39,7 +75,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from typing import Iterator
 
@@ -47,12 +83,19 @@ from . import __version__
 
 MAGIC = b"VQVC"
 SEGMENT_MAGIC = b"VQSG"
-VERSION = 14
+TRAILER_MAGIC = b"VQTR"
+AUDIO_STREAM_MAGIC = b"VQAS"
+AUDIO_PACKET_MAGIC = b"VQAP"
+MAX_AUDIO_STREAMS = 16
+MAX_AUDIO_DESCRIPTION = 1 << 16
+MAX_AUDIO_PACKET = 1 << 24
+VERSION = 15
 # format version -> the vqcodec release that decodes it (git tag v<release>); formats 1-12 were
 # development versions, never released
-RELEASES = {13: "0.13.0", 14: "0.14.0"}
-HEADER_SIZE = 64
+RELEASES = {13: "0.13.0", 14: "0.14.0", 15: "0.15.0"}
+HEADER_SIZE = 72
 SEGMENT_HEADER_SIZE = 24
+TRAILER_SIZE = 24
 PIX_FMTS = {0: "yuv420p"}
 MAX_DIM = 1 << 15
 MAX_PIXELS = 7680 * 4320  # 8K UHD: bounds what a decoder allocates per frame
@@ -60,9 +103,13 @@ MAX_FRAMES = 1 << 24
 MAX_SEGMENT_FRAMES = 4096
 MAX_PAYLOAD = 1 << 30
 
-_HEADER = struct.Struct("<4sHH16sIIIIIBBBBHBBII")
+_HEADER = struct.Struct("<4sHH16sIIIIIBBBBHBBIIBBBBB3s")
 _SEGMENT = struct.Struct("<4sIIHBBI")
+_TRAILER = struct.Struct("<4sIIII")
+_AUDIO_STREAM = struct.Struct("<4sIB")
+_AUDIO_PACKET = struct.Struct("<4sB3sqII")
 assert _HEADER.size == HEADER_SIZE - 4 and _SEGMENT.size == SEGMENT_HEADER_SIZE - 4
+assert _TRAILER.size == TRAILER_SIZE - 4
 
 
 class BitstreamError(ValueError):
@@ -85,12 +132,20 @@ class Header:
     pix_fmt: int = 0
     version: int = VERSION
     bitrate: int = 0  # target kbit/s of a rate-controlled file (quality 0)
+    colour: tuple[int, int, int, int] = (0, 2, 2, 2)  # range, matrix, primaries, transfer (unknown)
+    streamed: bool = False  # written to a pipe: the header's counts are 0, the trailer has them
+    audio_streams: int = 0
 
     def pack(self) -> bytes:
+        frames, segments = (0, 0) if self.streamed else (self.frames, self.segments)
         body = _HEADER.pack(MAGIC, self.version, HEADER_SIZE, self.fingerprint, self.width, self.height,
-                            self.fps.numerator, self.fps.denominator, self.frames, self.pix_fmt,
+                            self.fps.numerator, self.fps.denominator, frames, self.pix_fmt,
                             self.quality, self.stages, self.group_frames, self.segment_frames,
-                            self.patch, 0, self.segments, self.bitrate)
+                            self.patch, 0, segments, self.bitrate, *self.colour, self.audio_streams, bytes(3))
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    def pack_trailer(self) -> bytes:
+        body = _TRAILER.pack(TRAILER_MAGIC, self.frames, self.segments, self.fps.numerator, self.fps.denominator)
         return body + struct.pack("<I", zlib.crc32(body))
 
     def to_dict(self) -> dict:
@@ -98,7 +153,24 @@ class Header:
         d["fingerprint"] = self.fingerprint.hex()
         d["fps"] = f"{self.fps.numerator}/{self.fps.denominator}"
         d["pix_fmt"] = PIX_FMTS.get(self.pix_fmt, str(self.pix_fmt))
+        d["colour"] = colour_names(self.colour)
         return d
+
+
+# FFmpeg's names for the colour codes (its AVColorRange, and H.273's matrix, primaries, transfer)
+_RANGES = {0: "unknown", 1: "tv", 2: "pc"}
+_MATRICES = {0: "gbr", 1: "bt709", 2: "unknown", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m",
+             8: "ycgco", 9: "bt2020nc", 10: "bt2020c"}
+_PRIMARIES = {1: "bt709", 2: "unknown", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "film",
+              9: "bt2020", 12: "smpte432"}
+_TRANSFERS = {1: "bt709", 2: "unknown", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m", 8: "linear",
+              13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084", 18: "arib-std-b67"}
+
+
+def colour_names(colour: tuple[int, int, int, int]) -> dict:
+    """{"range": "tv", "matrix": "bt709", ...}: FFmpeg's spelling, or the bare code."""
+    return {key: names.get(code, str(code)) for key, names, code in
+            zip(("range", "matrix", "primaries", "transfer"), (_RANGES, _MATRICES, _PRIMARIES, _TRANSFERS), colour)}
 
 
 def unpack_header(data: bytes) -> Header:
@@ -118,19 +190,62 @@ def unpack_header(data: bytes) -> Header:
                                  f"this one ({__version__}) reads format {VERSION}")
         raise BitstreamError(f"format version {version} was written by an earlier vqcodec, never released; "
                              f"this one ({__version__}) reads format {VERSION} (re-encode the source)")
-    (_, version, size, fp, w, h, fn, fd, frames, pix, q, stages, t, seg, patch, _r1, nseg, rate) = \
-        _HEADER.unpack_from(data)
+    (_, version, size, fp, w, h, fn, fd, frames, pix, q, stages, t, seg, patch, _r1, nseg, rate,
+     crange, matrix, primaries, transfer, audio, _r2) = _HEADER.unpack_from(data)
     if zlib.crc32(data[: HEADER_SIZE - 4]) != struct.unpack_from("<I", data, HEADER_SIZE - 4)[0]:
         raise BitstreamError("header is damaged (CRC mismatch)")
     if size != HEADER_SIZE or pix not in PIX_FMTS:
         raise BitstreamError("unsupported header layout or pixel format")
     if not (0 < w <= MAX_DIM and 0 < h <= MAX_DIM and w * h <= MAX_PIXELS and fn > 0 and fd > 0 and t > 0
             and patch > 0 and stages > 0 and 0 < seg <= MAX_SEGMENT_FRAMES and seg % t == 0 and 0 <= q <= 8 and (q > 0) == (rate == 0)
-            and frames <= MAX_FRAMES):
+            and frames <= MAX_FRAMES and crange <= 2 and audio <= MAX_AUDIO_STREAMS):
         raise BitstreamError("header has out-of-range fields")
     if nseg != -(-frames // seg):
         raise BitstreamError("header segment count does not match its frame count")
-    return Header(fp, w, h, Fraction(fn, fd), frames, q, stages, t, seg, patch, nseg, pix, version, rate)
+    return Header(fp, w, h, Fraction(fn, fd), frames, q, stages, t, seg, patch, nseg, pix, version, rate,
+                  (crange, matrix, primaries, transfer), streamed=(frames == 0), audio_streams=audio)
+
+
+def complete_streamed(data: bytes | memoryview, header: Header) -> Header:
+    """A streamed file's header with its counts and rate: from the trailer, or, when the stream was
+    cut before it, from the intact segments (at the header's rate).  Other headers: as given."""
+    if not header.streamed:
+        return header
+    view = memoryview(data)
+    if len(view) >= HEADER_SIZE + TRAILER_SIZE:
+        tail = view[len(view) - TRAILER_SIZE:]
+        magic, frames, nseg, fn, fd = _TRAILER.unpack_from(tail)
+        if (magic == TRAILER_MAGIC and zlib.crc32(tail[:TRAILER_SIZE - 4]) == struct.unpack_from("<I", tail, TRAILER_SIZE - 4)[0]
+                and 0 < frames <= MAX_FRAMES and nseg == -(-frames // header.segment_frames) and fn > 0 and fd > 0):
+            return replace(header, frames=frames, segments=nseg, fps=Fraction(fn, fd))
+    # no trailer: walk the segments while they are whole (the last may be short)
+    pos, frames, index = read_audio_streams(view, header)[1], 0, 0
+    while pos + SEGMENT_HEADER_SIZE <= len(view):
+        pos = _find_segment(view, pos, index, header.segment_frames)
+        if pos is None:
+            break
+        _, idx, first, count, _, _, length = _SEGMENT.unpack_from(view, pos)
+        frames, index = first + count, idx + 1
+        pos += SEGMENT_HEADER_SIZE + length
+        if count < header.segment_frames:
+            break
+    return replace(header, frames=frames, segments=index)
+
+
+def _find_segment(view: memoryview, pos: int, index: int, segment_frames: int) -> int | None:
+    """The position of the first intact segment at or after `pos` numbered `index` or later."""
+    raw = view.obj if hasattr(view.obj, "find") else bytes(view)
+    while True:
+        pos = raw.find(SEGMENT_MAGIC, pos)
+        if pos < 0 or pos + SEGMENT_HEADER_SIZE > len(view):
+            return None
+        _, idx, first, count, _, _, length = _SEGMENT.unpack_from(view, pos)
+        end = pos + SEGMENT_HEADER_SIZE + length
+        if (idx >= index and first == idx * segment_frames and 0 < count <= segment_frames and length % 4 == 0
+                and end <= len(view) and zlib.crc32(view[pos + SEGMENT_HEADER_SIZE:end], zlib.crc32(
+                    view[pos:pos + SEGMENT_HEADER_SIZE - 4])) == struct.unpack_from("<I", view, end - length - 4)[0]):
+            return pos
+        pos += 1
 
 
 @dataclass
@@ -148,6 +263,84 @@ class Segment:
         head = _SEGMENT.pack(SEGMENT_MAGIC, self.index, self.first_frame, self.frames, self.quality, self.stages,
                              len(self.payload))
         return head + struct.pack("<I", zlib.crc32(self.payload, zlib.crc32(head))) + self.payload
+
+
+@dataclass
+class AudioStream:
+    number: int
+    description: bytes  # codec parameters as a one-stream NUT file (video.py writes and reads it)
+
+    def pack(self) -> bytes:
+        if len(self.description) > MAX_AUDIO_DESCRIPTION:
+            raise BitstreamError("audio description above 64 KiB")
+        head = _AUDIO_STREAM.pack(AUDIO_STREAM_MAGIC, len(self.description), self.number)
+        return head + self.description + struct.pack("<I", zlib.crc32(self.description, zlib.crc32(head)))
+
+
+@dataclass
+class AudioPacket:
+    stream: int
+    pts: int  # in the stream's time base, 0 = the first video frame
+    duration: int
+    data: bytes
+
+    def pack(self) -> bytes:
+        if len(self.data) > MAX_AUDIO_PACKET:
+            raise BitstreamError("audio packet above 16 MiB")
+        head = _AUDIO_PACKET.pack(AUDIO_PACKET_MAGIC, self.stream, bytes(3), self.pts, self.duration, len(self.data))
+        return head + struct.pack("<I", zlib.crc32(self.data, zlib.crc32(head))) + self.data
+
+
+AUDIO_PACKET_HEADER_SIZE = _AUDIO_PACKET.size + 4
+
+
+def _audio_packet_at(view: memoryview, pos: int) -> tuple[AudioPacket, int] | None:
+    """(packet, next position) when an intact audio packet starts at pos."""
+    if pos + AUDIO_PACKET_HEADER_SIZE > len(view) or view[pos:pos + 4] != AUDIO_PACKET_MAGIC:
+        return None
+    _, stream, _, pts, duration, length = _AUDIO_PACKET.unpack_from(view, pos)
+    end = pos + AUDIO_PACKET_HEADER_SIZE + length
+    if length > MAX_AUDIO_PACKET or end > len(view):
+        return None
+    crc = zlib.crc32(view[pos + AUDIO_PACKET_HEADER_SIZE:end], zlib.crc32(view[pos:pos + _AUDIO_PACKET.size]))
+    if crc != struct.unpack_from("<I", view, pos + _AUDIO_PACKET.size)[0]:
+        return None
+    return AudioPacket(stream, pts, duration, bytes(view[pos + AUDIO_PACKET_HEADER_SIZE:end])), end
+
+
+def read_audio_streams(data: bytes | memoryview, header: Header) -> tuple[list[AudioStream], int]:
+    """The intact audio descriptions after the header, and where the segments begin.  A damaged
+    description loses its stream (its packets are then ignored), never the video."""
+    view, pos, out = memoryview(data), HEADER_SIZE, []
+    for _ in range(header.audio_streams):
+        if pos + _AUDIO_STREAM.size + 4 > len(view) or view[pos:pos + 4] != AUDIO_STREAM_MAGIC:
+            break
+        _, length, number = _AUDIO_STREAM.unpack_from(view, pos)
+        end = pos + _AUDIO_STREAM.size + length + 4
+        if length > MAX_AUDIO_DESCRIPTION or end > len(view):
+            break
+        body = view[pos + _AUDIO_STREAM.size:end - 4]
+        if zlib.crc32(body, zlib.crc32(view[pos:pos + _AUDIO_STREAM.size])) == struct.unpack_from("<I", view, end - 4)[0]:
+            out.append(AudioStream(number, bytes(body)))
+        pos = end
+    return out, pos
+
+
+def read_audio_packets(data: bytes | memoryview, start: int = HEADER_SIZE) -> Iterator[AudioPacket]:
+    """Every intact audio packet from `start` on, in file order, found by its marker and CRC."""
+    view = memoryview(data)
+    raw = view.obj if hasattr(view.obj, "find") else bytes(view)
+    pos = start
+    while True:
+        pos = raw.find(AUDIO_PACKET_MAGIC, pos)
+        if pos < 0:
+            return
+        got = _audio_packet_at(view, pos)
+        if got is None:
+            pos += 1
+            continue
+        packet, pos = got
+        yield packet
 
 
 @dataclass
@@ -171,9 +364,11 @@ def read_segments(data: bytes | memoryview, header: Header) -> Iterator[Segment 
     After damage the reader resynchronises on the next segment magic whose CRC checks out.
     """
     view = memoryview(data)
-    pos, n = HEADER_SIZE, len(view)
+    pos, n = read_audio_streams(view, header)[1], len(view)
     index = 0
     while index < header.segments:
+        while (audio := _audio_packet_at(view, pos)) is not None:  # audio between segments
+            pos = audio[1]
         seg = _parse_at(view, pos, header, index)
         if isinstance(seg, tuple):
             segment, pos = seg

@@ -45,43 +45,62 @@ DeviceOpt = typer.Option(Device.auto, "--device", help="where the network runs")
 YesOpt = typer.Option(False, "-y", "--yes", metavar="", help="overwrite an existing output")
 
 
+ThreadsOpt = typer.Option(0, "--threads", help="CPU threads (0: share the cores with other vqcodec processes)")
+
+
+def _say(line: str, to_stderr: bool) -> None:
+    """A summary: on stdout, or on stderr when stdout carries the data."""
+    typer.echo(line, err=to_stderr)
+
+
 @app.command()
-def encode(input: Path = typer.Argument(..., help="any video PyAV can open"),
-           output: Path = typer.Option(..., "-o", "--output", help="the .vqv file to write"),
+def encode(input: Path = typer.Argument(..., help="any video PyAV can open; - reads standard input (y4m, mkv, nut, ts)"),
+           output: Path = typer.Option(..., "-o", "--output", help="the .vqv file to write; - writes standard output"),
            quality: Optional[int] = typer.Option(None, "--quality", "-q", help="1 (smallest) .. 8 (best picture); default 4"),
            bitrate: Optional[float] = typer.Option(None, "--bitrate", "-b", help="target kbit/s instead of a quality (chosen per segment)"),
+           frames: Optional[int] = typer.Option(None, "--frames", help="encode at most this many frames"),
+           seek: float = typer.Option(0.0, "--seek", help="start this many seconds into the input"),
            segment: int = typer.Option(32, "--segment", help="frames per independently decodable segment"),
-           model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
+           no_audio: bool = typer.Option(False, "--no-audio", metavar="", help="drop the source's audio (kept by default)"),
+           model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, threads: int = ThreadsOpt,
+           yes: bool = YesOpt) -> None:
     """Compress a video into a .vqv file."""
     from .encoder import DEFAULT_QUALITY, encode_file
-    from .console import progress_bar
+    from .console import progress_bar, warn
     from .errors import VqvError
-    from .video import probe
 
     if quality is not None and bitrate is not None:
         raise VqvError("give --quality or --bitrate, not both")
-    if output.suffix.lower() in CONTAINERS:
+    if str(output) != "-" and output.suffix.lower() in CONTAINERS:
         raise VqvError(f"{output}: encode writes a .vqv stream, not a {output.suffix} video "
                        f"(name it .vqv; vqcodec decode X.vqv -o {output.name} makes the video)")
-    with progress_bar("encode", probe(input).frames) as advance:
+    with progress_bar("encode") as bar:
         report = encode_file(input, output, quality=DEFAULT_QUALITY if quality is None else quality, bitrate=bitrate,
-                             model=model, device=device.value, overwrite=yes, segment_frames=segment, progress=advance)
-    typer.echo(report.summary())
+                             model=model, device=device.value, overwrite=yes, segment_frames=segment,
+                             progress=bar.advance, total=bar.total, seek=seek, frames=frames, threads=threads,
+                             audio=not no_audio)
+    for note in report.notes:
+        warn(note)
+    _say(report.summary(), str(output) == "-")
 
 
 @app.command()
-def decode(input: Path = typer.Argument(..., help="a .vqv file"),
-           output: Path = typer.Option(..., "-o", "--output", help=".y4m, .mkv, .avi (FFV1), .mp4, .mov (x264 lossless), .png (one frame) or a folder"),
+def decode(input: Path = typer.Argument(..., help="a .vqv file; - reads standard input"),
+           output: Path = typer.Option(..., "-o", "--output", help=".y4m, .mkv, .avi (FFV1), .mp4, .mov (x264 lossless), .png (one frame), a folder, or - (standard output, y4m)"),
+           fmt: Optional[str] = typer.Option(None, "--format", "-f", help="container instead of the extension's: y4m, mkv, avi, mp4, mov"),
            conceal: bool = typer.Option(False, "--conceal", metavar="", help="conceal damaged segments instead of failing"),
-           model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
-    """Decompress a .vqv file into a video (container chosen by the extension)."""
-    from .decoder import decode_file, inspect_header
-    from .console import progress_bar
+           model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, threads: int = ThreadsOpt,
+           yes: bool = YesOpt) -> None:
+    """Decompress a .vqv file into a video (container chosen by the extension or --format)."""
+    from .decoder import decode_file
+    from .console import progress_bar, warn
 
-    with progress_bar("decode", inspect_header(input).frames) as advance:
-        report = decode_file(input, output, model=model, device=device.value, overwrite=yes,
-                             conceal=conceal, progress=advance)
-    typer.echo(report.summary())
+    with progress_bar("decode") as bar:
+        report = decode_file(input, output, model=model, device=device.value, overwrite=yes, conceal=conceal,
+                             progress=bar.advance, total=bar.total, fmt=fmt, threads=threads)
+    for note in report.notes:
+        warn(note)
+    _say(report.summary(), str(output) == "-")
 
 
 @app.command()
@@ -140,14 +159,20 @@ def info(input: Optional[Path] = typer.Argument(None, help="a .vqv file"),
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
-    for key in ("version", "model", "width", "height", "fps", "frames", "pix_fmt", "quality", "target_kbps", "stages",
-                "group_frames", "segment_frames", "segments", "bytes", "kbps", "bpp"):
-        if key == "target_kbps" and not d[key]:
+    for key in ("version", "model", "width", "height", "fps", "frames", "pix_fmt", "colour", "quality", "target_kbps",
+                "stages", "group_frames", "segment_frames", "segments", "bytes", "kbps", "bpp", "streamed"):
+        if key in ("target_kbps", "streamed") and not d[key]:
             continue
         value = d[key]
+        if key == "colour":
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        if key == "streamed":
+            value = "yes (written to a pipe: counts and rate in the trailer)"
         if key == "quality" and value == 0:
             value = "rate-controlled: " + ", ".join(f"{q}" for q in d["segment_qualities"]) + " per segment"
         typer.echo(f"{key:>15}: {value}")
+    for a in d["audio"]:
+        typer.echo(f"{'audio':>15}: stream {a['number']}: {a['codec']}, {a['packets']} packets, {a['bytes']} bytes")
     for s in d["damaged"]:
         typer.echo(f"{'damaged':>15}: segment {s['index']} (frames {s['first_frame']}-"
                    f"{s['first_frame'] + s['frames'] - 1}): {s['reason']}")

@@ -1,6 +1,7 @@
 """Terminal presentation: a rich progress bar on stderr, fed by the codec's progress callback."""
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -10,13 +11,31 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 stderr = Console(stderr=True, log_path=False)  # log lines without our source references
 
 
+class _Bar:
+    """The codec's two progress callbacks: `total(n)` once the count is known, `advance(n)` as
+    frames finish."""
+
+    def __init__(self, bar: Progress, task):
+        self.bar, self.task = bar, task
+
+    def total(self, n: int | None) -> None:
+        self.bar.update(self.task, total=n or None)
+
+    def advance(self, n: int) -> None:
+        self.bar.advance(self.task, n)
+
+
 @contextmanager
-def progress_bar(label: str, total: int | None) -> Iterator:
+def progress_bar(label: str) -> Iterator[_Bar]:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("frames"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
-        task = bar.add_task(label, total=total or None)
-        yield lambda n: bar.advance(task, n)
+        yield _Bar(bar, bar.add_task(label, total=None))
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr, as the error lines are written."""
+    print(f"vqcodec: warning: {message}", file=sys.stderr)
 
 
 @contextmanager

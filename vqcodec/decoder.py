@@ -9,11 +9,15 @@ device (docs/FORMAT.md, tests/conformance/).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
+import stat
+import sys
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,10 +27,11 @@ from . import bitstream as bs
 from . import motion, postfilter
 from .entropy import EntropyCoder, first_passes
 from .errors import FormatError, ModelMismatch, VqvError
-from .files import atomic_output, resolve_device
+from .files import atomic_output, resolve_device, stdout_binary
+from .runtime import Threads
 from .modelfile import CodecModel, load_model
 from .reconstruct import QUALITY_LEVELS, Reconstruction, stages_for_quality, to_frames
-from .video import Frame, PngWriter, VideoWriter, frames_text, output_kind
+from .video import Frame, PngWriter, VideoWriter, audio_name, frames_text, output_kind
 
 DEFAULT_BATCH = 4  # kept for the API (decode_file's batch): the decoder works group by group
 Progress = Callable[[int], None]  # called with the number of frames just finished
@@ -62,7 +67,15 @@ class SegmentDecoder(Reconstruction):
         return frames
 
 
-def _read_vqv(path: Path):
+def _read_vqv(path: Path | str):
+    """(bytes or an mmap, the header with its counts): a file, or '-': standard input, read whole."""
+    if str(path) == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise VqvError("-: standard input is a terminal; pipe a .vqv into it (cat a.vqv | vqcodec decode - -o …)")
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise FormatError("stdin: empty input, not a .vqv")
+        return data, _parse_header(data, "stdin")
     path = Path(path)
     if not path.exists():
         raise VqvError(f"{path}: no such file")
@@ -70,15 +83,30 @@ def _read_vqv(path: Path):
         raise VqvError(f"{path}: is a folder, not a .vqv file")
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a FIFO or device: read it through
+            data = f.read()
+            if not data:
+                raise FormatError(f"{path}: empty input, not a .vqv")
+            return data, _parse_header(data, path)
         if size == 0:
             raise FormatError(f"{path}: empty file, not a .vqv")
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        header = bs.unpack_header(data[: bs.HEADER_SIZE])
-    except bs.BitstreamError as exc:
+        return data, _parse_header(data, path)
+    except FormatError:
         data.close()
-        raise FormatError(f"{path}: {exc}") from None
-    return data, header
+        raise
+
+
+def _parse_header(data, src) -> bs.Header:
+    """The header, completed from the trailer or the segments when the file was streamed."""
+    try:
+        header = bs.complete_streamed(data, bs.unpack_header(data[: bs.HEADER_SIZE]))
+    except bs.BitstreamError as exc:
+        raise FormatError(f"{src}: {exc}") from None
+    if header.frames == 0:
+        raise FormatError(f"{src}: a streamed .vqv with no intact segment; nothing to decode")
+    return header
 
 
 @dataclass
@@ -88,9 +116,13 @@ class DecodeReport:
     height: int
     seconds: float
     concealed: list[bs.Damaged] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    audio_streams: int = 0  # carried into the output
 
     def summary(self) -> str:
         s = f"decoded {frames_text(self.frames)} {self.width}x{self.height}, {self.frames / max(self.seconds, 1e-9):.2f} fps"
+        if self.audio_streams:
+            s += f", with {self.audio_streams} audio stream(s)"
         if self.concealed:
             segs = ", ".join(f"{d.index} (frames {d.first_frame}-{d.first_frame + d.frames - 1}: {d.reason})"
                              for d in self.concealed)
@@ -108,13 +140,15 @@ def _check_model(src, header: bs.Header, cm: CodecModel) -> None:
 
 
 def decoded_frames(data, header: bs.Header, coder: SegmentDecoder, *, conceal: bool, concealed: list,
-                   src="input", progress: Progress | None = None) -> Iterator[Frame]:
+                   src="input", progress: Progress | None = None, threads: Threads | None = None) -> Iterator[Frame]:
     """Every frame of a parsed file, in order; damaged segments raise, or with `conceal` are
     filled from the nearest intact frame and appended to `concealed`."""
     pending = 0  # damaged frames before the first good one
     last: Frame | None = None
     for seg in bs.read_segments(data, header):
         frames: list[Frame] = []
+        if threads:
+            threads.update()
         if isinstance(seg, bs.Segment):
             try:
                 frames = coder.decode(seg.payload, header, seg.frames, seg.quality, seg.stages)
@@ -145,10 +179,7 @@ def decoded_frames(data, header: bs.Header, coder: SegmentDecoder, *, conceal: b
 def frames_from_bytes(data: bytes, model: CodecModel, *, device: str = "cpu", conceal: bool,
                       concealed: list) -> Iterator[Frame]:
     """Every frame of a whole .vqv held in memory; raises FormatError/ModelMismatch like decode_file."""
-    try:
-        header = bs.unpack_header(data[: bs.HEADER_SIZE])
-    except bs.BitstreamError as exc:
-        raise FormatError(str(exc)) from None
+    header = _parse_header(data, "input")
     _check_model("input", header, model)
     yield from decoded_frames(data, header, SegmentDecoder(model, device), conceal=conceal, concealed=concealed)
 
@@ -160,32 +191,56 @@ def decode_bytes(data: bytes, model: CodecModel, conceal: bool = True) -> tuple[
     return n, concealed
 
 
-def decode_file(src: Path, dst: Path, *, model: Path | CodecModel | None = None, device: str = "auto",
+def decode_file(src: Path | str, dst: Path | str, *, model: Path | CodecModel | None = None, device: str = "auto",
                 overwrite: bool = False, conceal: bool = False, batch: int = DEFAULT_BATCH,
-                progress: Progress | None = None) -> DecodeReport:
+                progress: Progress | None = None, fmt: str | None = None, threads: int = 0,
+                total: Callable[[int], None] | None = None) -> DecodeReport:
+    """Decode a .vqv ('-': standard input) into the container `dst` names, or `fmt` names
+    ('-': standard output, y4m unless `fmt` says mkv or avi).  `total` hears the frame count
+    before decoding starts."""
     t0 = time.time()
     device = resolve_device(device)
-    kind = output_kind(Path(dst))
+    kind = output_kind(dst, fmt)
     data, header = _read_vqv(src)
+    src = "stdin" if str(src) == "-" else src
     try:
         if kind == "image" and header.frames > 1:
             raise VqvError(f"{dst}: a .png holds one picture and this video has {header.frames} frames; "
                            "give a folder name (no extension) for numbered PNGs")
         cm = model if isinstance(model, CodecModel) else load_model(model, device)
         _check_model(src, header, cm)
+        pool = Threads(threads)
         coder = SegmentDecoder(cm, device, batch)
+        if total:
+            total(header.frames)
         concealed: list[bs.Damaged] = []
+        notes: list[str] = []
         written = 0
-        with atomic_output(Path(dst), overwrite, folder=(kind == "dir")) as tmp:
-            if kind in ("dir", "image"):
-                writer = PngWriter(tmp, single=(kind == "image"))
+        with contextlib.ExitStack() as stack:
+            if str(dst) == "-":
+                target = stdout_binary()
             else:
-                writer = VideoWriter(tmp, Path(dst), header.width, header.height, header.fps)
+                target = stack.enter_context(atomic_output(Path(dst), overwrite, folder=(kind == "dir")))
+            if kind in ("dir", "image"):
+                writer = PngWriter(target, single=(kind == "image"))
+            else:
+                writer = VideoWriter(target, Path(str(dst)), header.width, header.height, header.fps, header.colour,
+                                     ext=kind)
+            streams, packets = _audio(data, header)
+            if isinstance(writer, VideoWriter):
+                writer.add_audio([a.description for a in streams])
+            elif streams:
+                notes.append(f"left out {len(streams)} audio stream(s): PNG pictures hold no audio")
             try:
                 for frame in decoded_frames(data, header, coder, conceal=conceal, concealed=concealed,
-                                            src=src, progress=progress):
+                                            src=src, progress=progress, threads=pool):
+                    if packets and isinstance(writer, VideoWriter):
+                        packets = _mux_audio(writer, packets, streams, Fraction(written + 1) / header.fps)
                     writer.write(frame)
                     written += 1
+                if isinstance(writer, VideoWriter):
+                    _mux_audio(writer, packets, streams, None)
+                    notes += writer.notes
             except BaseException:
                 try:
                     writer.close()
@@ -193,9 +248,34 @@ def decode_file(src: Path, dst: Path, *, model: Path | CodecModel | None = None,
                     pass
                 raise
             writer.close()
-        return DecodeReport(written, header.width, header.height, time.time() - t0, concealed)
+        return DecodeReport(written, header.width, header.height, time.time() - t0, concealed, notes,
+                            len(streams) if isinstance(writer, VideoWriter) and not any("left out" in n for n in notes) else 0)
     finally:
-        data.close()
+        _release(data)
+
+
+def _audio(data, header: bs.Header) -> tuple[list[bs.AudioStream], list[bs.AudioPacket]]:
+    """The file's intact audio descriptions and packets (in time order per stream)."""
+    if not header.audio_streams:
+        return [], []
+    streams, start = bs.read_audio_streams(data, header)
+    return streams, list(bs.read_audio_packets(data, start))
+
+
+def _mux_audio(writer: VideoWriter, packets: list[bs.AudioPacket], streams: list[bs.AudioStream],
+               until: Fraction | None) -> list[bs.AudioPacket]:
+    """Hands the writer the packets that start before `until` seconds (None: all); the rest back."""
+    numbers = {a.number: k for k, a in enumerate(streams)}
+    rest = []
+    for p in packets:
+        k = numbers.get(p.stream)
+        if k is None or k >= len(writer.audio):
+            continue  # its description was damaged, or the output holds no audio
+        if until is not None and p.pts * writer.audio[k][1].time_base >= until:
+            rest.append(p)
+        else:
+            writer.write_audio(k, p.pts, p.duration, p.data)
+    return rest
 
 
 def inspect(src: Path) -> dict:
@@ -212,9 +292,15 @@ def inspect(src: Path) -> dict:
             else:
                 damaged.append({"index": seg.index, "first_frame": seg.first_frame, "frames": seg.frames,
                                 "reason": seg.reason})
+        streams, packets = _audio(data, header)
+        audio = [{"number": a.number, "codec": audio_name(a.description),
+                  "packets": sum(1 for p in packets if p.stream == a.number),
+                  "bytes": sum(len(p.data) + bs.AUDIO_PACKET_HEADER_SIZE for p in packets if p.stream == a.number)}
+                 for a in streams]
     finally:
-        data.close()
+        _release(data)
     d = header.to_dict()
+    d["audio"] = audio
     seconds = header.frames / float(header.fps)
     target = d.pop("bitrate")  # the --bitrate asked (0: a fixed quality), not the file's rate (kbps)
     d.update({"model": d.pop("fingerprint"), "target_kbps": target or None, "bytes": size,
@@ -228,6 +314,11 @@ def inspect(src: Path) -> dict:
 def inspect_header(src: Path) -> bs.Header:
     """Only the header of a .vqv file (cheap)."""
     data, header = _read_vqv(src)
-    data.close()
+    _release(data)
     return header
+
+
+def _release(data) -> None:
+    if isinstance(data, mmap.mmap):
+        data.close()
 

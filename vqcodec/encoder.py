@@ -28,12 +28,13 @@ from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FI
                       group_quality, index_rows, mv_neighbours, mv_pass_b, near_contexts, FRESH_PASSES, NEAR_PASSES)
 from .errors import InputError, VqvError
 from .exact import LATENT_UNIT
-from .files import atomic_output, resolve_device
+from .files import open_output, resolve_device
+from .runtime import Threads
 from .model import to_tubes
 from .modelfile import CodecModel, load_model
 from .quantizer import scalar_quantise, tube_basis
 from .reconstruct import QUALITY_LEVELS, Reconstruction, stages_for_quality, step_for_quality
-from .video import Frame, centre_crop, frames_text, probe, read_frames
+from .video import Frame, VideoSource, centre_crop, frames_text, read_frames
 
 DEFAULT_QUALITY = 4
 DEFAULT_SEGMENT_FRAMES = 32
@@ -456,8 +457,12 @@ class SegmentCoder(Reconstruction):
         words, bits = self.coder.encode_measured(sym)
         return words.astype("<u4").tobytes(), bits
 
-    def encode(self, frames: list[Frame], quality: int) -> tuple[bytes, float]:
-        return self.pack(self.symbols(frames, quality))
+    def encode(self, frames: list[Frame], quality: int, progress: Progress | None = None) -> tuple[bytes, float]:
+        """(payload, estimated bits) of one segment; `progress` hears of each group as it is decided."""
+        groups = self.analyse(frames, target_steps(quality))
+        if progress:
+            groups = _counted(groups, progress, self.cfg.frames, len(frames))
+        return self.pack(self.decide(groups, quality, self.grid(frames), size=(frames[0].width, frames[0].height)))
 
     def encode_for_budget(self, frames: list[Frame], budget_bits: float, start: int) -> tuple[int, bytes, float]:
         """The quality whose segment comes nearest `budget_bits`, over or under (quality 1 when
@@ -490,6 +495,17 @@ class SegmentCoder(Reconstruction):
         return quality, payload, estimate
 
 
+def _counted(groups: Iterator, progress: Progress, group: int, frames: int) -> Iterator:
+    """The groups, telling `progress` of each group's frames once the next one is asked for (the
+    group has then been decided)."""
+    done = 0
+    for g in groups:
+        yield g
+        n = min(group, frames - done)
+        done += n
+        progress(n)
+
+
 def _chunks(frames: Iterable[Frame], n: int) -> Iterator[list[Frame]]:
     buf: list[Frame] = []
     for f in frames:
@@ -514,6 +530,9 @@ class EncodeReport:
     estimated_bits: float = 0.0
     segment_qualities: list[int] = field(default_factory=list)
     target_kbps: float | None = None
+    notes: list[str] = field(default_factory=list)  # warnings for the user (a variable frame rate)
+    audio_streams: int = 0
+    audio_bytes: int = 0  # of `bytes`, the audio's
 
     @property
     def bpp(self) -> float:
@@ -527,28 +546,43 @@ class EncodeReport:
         return (f"encoded {frames_text(self.frames)} {self.width}x{self.height}, {self.bytes} bytes, "
                 f"{self.kbps:.1f} kbit/s, {self.bpp:.4f} bpp, {self.frames / max(self.seconds, 1e-9):.2f} fps"
                 + (f" (target {self.target_kbps:g} kbit/s, segment qualities {min(self.segment_qualities)}-"
-                   f"{max(self.segment_qualities)})" if self.target_kbps else ""))
+                   f"{max(self.segment_qualities)})" if self.target_kbps else "")
+                + (f"; audio copied: {self.audio_streams} stream(s), {self.audio_bytes} bytes" if self.audio_streams else ""))
 
 
-def encode_file(src: Path, dst: Path, *, quality: int = DEFAULT_QUALITY, bitrate: float | None = None,
+def encode_file(src: Path | str, dst: Path | str, *, quality: int = DEFAULT_QUALITY, bitrate: float | None = None,
                 model: Path | CodecModel | None = None, device: str = "auto", overwrite: bool = False,
                 segment_frames: int = DEFAULT_SEGMENT_FRAMES, batch: int = DEFAULT_BATCH,
-                progress: Progress | None = None) -> EncodeReport:
-    """Encode any video PyAV opens into a .vqv file."""
-    info = probe(Path(src))
-    return encode_frames(read_frames(Path(src)), info.fps, dst, quality=quality, bitrate=bitrate, model=model,
-                         device=device, overwrite=overwrite, segment_frames=segment_frames, batch=batch,
-                         progress=progress, name=str(src))
+                progress: Progress | None = None, seek: float = 0.0, frames: int | None = None,
+                threads: int = 0, total: Callable[[int | None], None] | None = None,
+                audio: bool = True) -> EncodeReport:
+    """Encode any video PyAV opens ('-': standard input) into a .vqv file ('-': standard output).
+
+    The input is opened once; `seek` (seconds) and `frames` pick a part of it; the rate stored is
+    the one the frames' timestamps show (rate_from_timestamps), not the container's claim.
+    `total` is told, before the first frame, about how many frames to expect (None: unknown).
+    The source's audio streams travel as copies of their packets (`audio=False`: dropped)."""
+    with VideoSource(src, seek=seek, limit=frames, threads=threads, audio=audio) as source:
+        if total:
+            total(source.expected_frames)
+        return encode_frames(source.frames(), source.header_rate, dst, quality=quality, bitrate=bitrate,
+                             model=model, device=device, overwrite=overwrite, segment_frames=segment_frames,
+                             batch=batch, progress=progress, name=source.name, source=source,
+                             threads=Threads(threads))
 
 
-def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path, *, quality: int = DEFAULT_QUALITY,
+def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path | str, *, quality: int = DEFAULT_QUALITY,
                   bitrate: float | None = None, model: Path | CodecModel | None = None, device: str = "auto",
                   overwrite: bool = False, segment_frames: int = DEFAULT_SEGMENT_FRAMES, batch: int = DEFAULT_BATCH,
-                  progress: Progress | None = None, name: str = "input") -> EncodeReport:
+                  progress: Progress | None = None, name: str = "input", source: VideoSource | None = None,
+                  threads: Threads | None = None) -> EncodeReport:
     """Encode a stream of frames (all of one size) into a .vqv file, segment by segment.
 
     With `bitrate` (kbit/s) instead of a fixed quality, each segment gets the quality that comes
-    nearest its share of the budget plus what earlier segments saved or overspent."""
+    nearest its share of the budget plus what earlier segments saved or overspent.  With a
+    `source`, its colour tags and the rate its timestamps show go into the header (`fps` is the
+    first guess, used for the rate control until then).  A file that cannot seek back (a pipe)
+    gets a streamed header and a trailer (bitstream.py)."""
     t0 = time.time()
     device = resolve_device(device)
     if bitrate is not None and not 1 <= bitrate <= 10_000_000:
@@ -562,45 +596,69 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path, *, quality:
         raise VqvError(f"--segment must be from {T} to {bs.MAX_SEGMENT_FRAMES} frames, got {segment_frames}")
     segment_frames = segment_frames // T * T
     coder = SegmentCoder(cm, device, batch)
-    total, est_bits, carry = 0, 0.0, 0.0
+    total, est_bits, carry, audio_total = 0, 0.0, 0.0, 0
     qualities: list[int] = []
-    with atomic_output(Path(dst), overwrite) as tmp, open(tmp, "wb") as out:
-        out.write(bytes(bs.HEADER_SIZE))
-        index = 0
-        width = height = None
+    header: bs.Header | None = None
+    with open_output(dst, overwrite) as (out, seekable):
         for chunk in _chunks(frames, segment_frames):
-            if width is None:
-                width, height = chunk[0].width, chunk[0].height
-            if any(f.width != width or f.height != height for f in chunk):
+            if header is None:
+                header = bs.Header(cm.fingerprint, chunk[0].width, chunk[0].height, Fraction(fps), 0,
+                                   0 if bitrate is not None else quality, stages, T, segment_frames, cm.config.patch,
+                                   0, bitrate=0 if bitrate is None else max(1, round(bitrate)),
+                                   colour=source.colour if source else bs.Header.colour, streamed=not seekable,
+                                   audio_streams=len(source.audio_descriptions) if source else 0)
+                size = out.write(header.pack())
+                for number, description in enumerate(source.audio_descriptions if source else []):
+                    size += out.write(bs.AudioStream(number, description).pack())
+            if any(f.width != header.width or f.height != header.height for f in chunk):
                 raise InputError(f"{name}: frame size changes inside the video; not supported")
+            if threads:
+                threads.update()
+            if source is not None:  # the audio that starts before this segment ends goes first
+                audio_bytes = _write_audio(out, source.take_audio((total + len(chunk)) / source.timing()[0]))
+                size += audio_bytes
+                audio_total += audio_bytes
             if bitrate is None:
                 seg_quality = quality
-                payload, bits = coder.encode(chunk, quality)
+                payload, bits = coder.encode(chunk, quality, progress)
             else:
                 share = bitrate * 1000 * len(chunk) / float(fps)
-                budget = share + carry - 8 * (bs.SEGMENT_HEADER_SIZE + (bs.HEADER_SIZE if index == 0 else 0))
+                budget = share + carry - 8 * (bs.SEGMENT_HEADER_SIZE + (bs.HEADER_SIZE if header.segments == 0 else 0))
                 seg_quality, payload, bits = coder.encode_for_budget(chunk, budget,
                                                                      qualities[-1] if qualities else quality)
                 carry = max(-share, min(share, budget - 8 * len(payload)))  # saved (+) or overspent (-)
+                if progress:
+                    progress(len(chunk))
             qualities.append(seg_quality)
             est_bits += bits
-            out.write(bs.Segment(index, total, len(chunk), payload, seg_quality,
-                                 stages_for_quality(seg_quality, cm.config.stages)).pack())
-            index += 1
+            size += out.write(bs.Segment(header.segments, total, len(chunk), payload, seg_quality,
+                                         stages_for_quality(seg_quality, cm.config.stages)).pack())
+            header.segments += 1
             total += len(chunk)
-            if progress:
-                progress(len(chunk))
-        if total == 0:
+        if header is None:
             raise InputError(f"{name}: no frames could be decoded")
-        header = bs.Header(cm.fingerprint, width, height, Fraction(fps), total,
-                           0 if bitrate is not None else quality, stages, T, segment_frames, cm.config.patch, index,
-                           bitrate=0 if bitrate is None else max(1, round(bitrate)))
-        out.seek(0)
-        out.write(header.pack())
-        out.flush()
-        os.fsync(out.fileno())
-    size = Path(dst).stat().st_size
-    return EncodeReport(total, width, height, float(fps), size, time.time() - t0, quality, est_bits, qualities, bitrate)
+        notes = []
+        if source is not None:
+            header.fps, warning = source.timing()
+            fps = header.fps
+            notes += source.notes + ([warning] if warning else [])
+            # the rest of the audio: all of it, or up to the video's end when --frames cut it short
+            audio_bytes = _write_audio(out, source.take_audio(total / fps if source.limit else None))
+            size += audio_bytes
+            audio_total += audio_bytes
+        header.frames = total
+        if seekable:
+            out.seek(0)
+            out.write(header.pack())
+            out.seek(0, os.SEEK_END)
+        else:
+            size += out.write(header.pack_trailer())
+    return EncodeReport(total, header.width, header.height, float(fps), size, time.time() - t0, quality, est_bits,
+                        qualities, bitrate, notes, header.audio_streams, audio_total)
+
+
+def _write_audio(out, packets: list[tuple[int, int, int, bytes]]) -> int:
+    return sum(out.write(bs.AudioPacket(*p).pack()) for p in packets)
 
 
 FIT_SIDE = (368, 640)  # table fitting looks at centre crops of at most this size (statistics, not pictures)

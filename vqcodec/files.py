@@ -1,13 +1,16 @@
-"""Outputs on disk: refused early when they could not be written, written under a temporary
-name beside the target and renamed only when complete (nothing half-written is ever left)."""
+"""Outputs: refused early when they could not be written, written under a temporary name beside
+the target and renamed only when complete (nothing half-written is ever left).  Standard output
+('-'), a FIFO or a device (/dev/stdout) is written in place, never replaced."""
 from __future__ import annotations
 
 import os
 import re
 import shutil
+import stat
+import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import torch
 
@@ -27,9 +30,48 @@ def resolve_device(device: str) -> str:
 PNG_NAME = re.compile(r"\d{6}\.png")
 
 
+def is_stream(path) -> bool:
+    """'-' (standard output), or an existing FIFO, character device or socket: written in place."""
+    if str(path) == "-":
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def stdout_binary() -> BinaryIO:
+    """Standard output for data; refused when it is a terminal, as ffmpeg and gzip do."""
+    if sys.stdout is None or sys.stdout.isatty():
+        raise VqvError("-o -: standard output is a terminal; pipe it into a program or redirect it to a file")
+    sys.stdout.flush()
+    return sys.stdout.buffer
+
+
+@contextmanager
+def open_output(path: Path, overwrite: bool) -> Iterator[tuple[BinaryIO, bool]]:
+    """(binary file, seekable) for `path`: a temporary file renamed at the end, or standard output,
+    a FIFO or a device written in place."""
+    if str(path) == "-":
+        out = stdout_binary()
+        yield out, False
+        out.flush()
+    elif is_stream(path):
+        with open(path, "wb") as out:
+            yield out, out.seekable()
+    else:
+        with atomic_output(Path(path), overwrite) as tmp, open(tmp, "wb") as out:
+            yield out, True
+            out.flush()
+            os.fsync(out.fileno())
+
+
 def check_output(path: Path, overwrite: bool, folder: bool = False) -> None:
     """Refuse early what could not be written, or would destroy something not ours."""
     path = Path(path)
+    if is_stream(path):
+        return
     if path.exists():
         if not overwrite:
             raise VqvError(f"{path}: already exists (use -y to overwrite)")
@@ -51,6 +93,9 @@ def atomic_output(path: Path, overwrite: bool, folder: bool = False) -> Iterator
     """Yield a temporary path beside `path`; on success rename it over `path`, else remove it."""
     path = Path(path)
     check_output(path, overwrite, folder)
+    if is_stream(path):  # a FIFO or device: written in place
+        yield path
+        return
     tmp = path.with_name(f".{path.name}.part{os.getpid()}{path.suffix}")
     try:
         yield tmp

@@ -40,7 +40,8 @@ def reseal(data: bytes) -> bytes:
     b = bytearray(data)
     if len(b) < bs.HEADER_SIZE:
         return bytes(b)
-    b[60:64] = struct.pack("<I", zlib.crc32(bytes(b[:60])))
+    crc_at = bs.HEADER_SIZE - 4
+    b[crc_at:bs.HEADER_SIZE] = struct.pack("<I", zlib.crc32(bytes(b[:crc_at])))
     pos = bs.HEADER_SIZE
     while pos + bs.SEGMENT_HEADER_SIZE <= len(b):
         length = struct.unpack_from("<I", b, pos + 16)[0]
