@@ -3,6 +3,9 @@
 
     python scripts/fuzz_decoder.py --cases 10000 [--seed 0]
 
+Three real files: carphone (12 frames, 3 segments), a 48x32 clip (6 frames, 3 segments) and a
+streamed 64x48 file with an AAC track (8 frames, 2 segments, audio packets between them).
+
 Each case applies 1-4 random operations (vqcodec/fuzz.py) to a real file, half of them resealed
 (CRCs recomputed, so the entropy decoder and the size checks see hostile data), and decodes it
 with concealment.  Outcomes: a clean VqvError, or a full decode with every frame.  Anything else
@@ -29,7 +32,7 @@ from vqcodec.errors import VqvError  # noqa: E402
 from vqcodec.fuzz import apply, random_ops, reseal  # noqa: E402
 from vqcodec.modelfile import load_model  # noqa: E402
 from vqcodec.video import read_frames  # noqa: E402
-from conftest import CARPHONE, resize_frames, write_clip  # noqa: E402
+from conftest import CARPHONE, resize_frames, write_clip, write_clip_with_audio  # noqa: E402
 
 
 class Hang(Exception):
@@ -53,7 +56,14 @@ def main() -> None:
         encode_file(CARPHONE, tmp / "a.vqv", model=model, segment_frames=4, quality=4)
         write_clip(tmp / "t.mkv", resize_frames(frames[:6], 48, 32))
         encode_file(tmp / "t.mkv", tmp / "b.vqv", model=model, segment_frames=2, quality=8)
-        files = [(tmp / "a.vqv").read_bytes(), (tmp / "b.vqv").read_bytes()]
+        # a streamed file (as written to a pipe: header without counts, a trailer) with an AAC track
+        write_clip_with_audio(tmp / "s.mkv", resize_frames(frames[:8], 64, 48))
+        encode_file(tmp / "s.mkv", tmp / "c.vqv", model=model, segment_frames=4, quality=2)
+        c = (tmp / "c.vqv").read_bytes()
+        h = bs.unpack_header(c[:bs.HEADER_SIZE])
+        h.streamed = True
+        files = [(tmp / "a.vqv").read_bytes(), (tmp / "b.vqv").read_bytes(),
+                 h.pack() + c[bs.HEADER_SIZE:] + h.pack_trailer()]
     rng = random.Random(args.seed)
     outcomes = collections.Counter()
     crashes = []
@@ -72,7 +82,9 @@ def main() -> None:
         signal.alarm(args.timeout)
         try:
             n, concealed = decode_bytes(data, model, conceal=True)
-            header = bs.unpack_header(data[:bs.HEADER_SIZE])
+            header = bs.complete_streamed(data, bs.unpack_header(data[:bs.HEADER_SIZE]))
+            streams, start = bs.read_audio_streams(data, header)  # the audio parser too
+            sum(len(p.data) for p in bs.read_audio_packets(data, start))
             if n != header.frames:
                 crashes.append((i, ops, sealed, f"wrong frame count {n} != {header.frames}"))
             outcomes["decoded, concealed" if concealed else "decoded intact"] += 1

@@ -153,7 +153,7 @@ def test_conceal_through_the_cli_reports_and_writes_every_frame(tmp_path, good_v
     _damage_segment_1(good_vqv, tmp_path / "d.vqv")
     code, out, err = run(capsys, "decode", tmp_path / "d.vqv", "-o", tmp_path / "o.y4m", "--conceal")
     assert code == 0, err
-    assert "decoded 12 frames" in out and "concealed 4 frames" in out and "segments 1 (frames 4-7" in out
+    assert "decoded 12 frames" in out and "concealed 4 of 12 frames (33 %)" in out and "segments 1 (frames 4-7" in out
     code, out, _ = run(capsys, "info", tmp_path / "d.vqv")
     assert "damaged: segment 1 (frames 4-7)" in out
 
@@ -366,3 +366,21 @@ def test_audio_survives_a_pipe_and_a_damaged_audio_packet(tmp_path, carphone_fra
     assert dec.returncode == 0, dec.stderr  # the video is whole; one packet of audio is lost
     got = stream_durations(tmp_path / "a.mkv")
     assert abs(got["video"] - 7 / 25) < 1e-6 and got["audio"] > 0.2  # (the last frame starts at 7/25 s)
+
+
+def test_a_text_file_is_refused_though_ffmpeg_would_draw_it(tmp_path, capsys):
+    from pathlib import Path
+    notes = tmp_path / "notes.txt"
+    notes.write_text(Path(__file__).with_name("conftest.py").read_text())  # FFmpeg's tty demuxer takes it
+    code, _, err = run(capsys, "encode", notes, "-o", tmp_path / "n.vqv")
+    assert code == 1 and "is text, not a video" in err and not (tmp_path / "n.vqv").exists()
+
+
+def test_dev_stdin_works_as_a_path_for_both_commands(tmp_path, carphone_frames):
+    from conftest import write_clip
+    src = write_clip(tmp_path / "src.mkv", carphone_frames[:4])  # opened once: a pipe cannot be read twice
+    enc = vq("encode", "/dev/stdin", "-o", tmp_path / "a.vqv", "-q", "1", input_bytes=src.read_bytes())
+    assert enc.returncode == 0, enc.stderr
+    dec = vq("decode", "/dev/stdin", "-o", tmp_path / "a.y4m", input_bytes=(tmp_path / "a.vqv").read_bytes())
+    assert dec.returncode == 0, dec.stderr  # (it was "empty file": a pipe's size is 0)
+    assert len(list(read_frames_from(str(tmp_path / "a.y4m")))) == 4

@@ -23,7 +23,8 @@ File header, 72 bytes:
    62   1  colour primaries (u8, H.273)
    63   1  transfer characteristics (u8, H.273)
    64   1  audio streams A (u8, at most 16)
-   65   3  reserved, 0
+   65   1  FEC parity bytes per Reed-Solomon codeword (u8, 0: no FEC, else 2..128; fec.py)
+   66   2  reserved, 0
    68   4  CRC-32 of bytes 0..67
 
 Audio stream description, A times right after the header (their codec parameters, copied):
@@ -46,6 +47,19 @@ before each segment come the packets that start before the segment ends):
    28   L  the packet as the source's demuxer gave it
 A damaged audio packet is dropped (the reader finds the next chunk by its marker); it never
 costs a video segment.
+
+Parity chunk, in a file with FEC (header byte 65 > 0), after each window of chunks it protects:
+    0   4  magic b"VQFE"
+    4   4  the window's first byte (u32, a file offset: past the header)
+    8   4  the window's length L (u32)
+   12   1  parity bytes per codeword n (u8, the header's)
+   13   3  reserved, 0
+   16   4  CRC-32 of the window's L bytes (intact windows need no decoding)
+   20   4  CRC-32 of bytes 0..19
+   24 D*n  parity: D = ceil(L / (255 - n)) codewords, byte j of the window in codeword j mod D;
+           parity byte r of codeword i at 24 + r*D + i (interleaved, so a burst spreads)
+ 24+D*n 24  bytes 0..23 again (a second copy of the head)
+A file with FEC ends with a copy of the final header (72 bytes), before the trailer if streamed.
 
 Trailer, only in a streamed file (frame count 0: written to a pipe, so the header could not be
 rewritten at the end), 24 bytes after the last segment:
@@ -86,9 +100,11 @@ SEGMENT_MAGIC = b"VQSG"
 TRAILER_MAGIC = b"VQTR"
 AUDIO_STREAM_MAGIC = b"VQAS"
 AUDIO_PACKET_MAGIC = b"VQAP"
+PARITY_MAGIC = b"VQFE"
 MAX_AUDIO_STREAMS = 16
 MAX_AUDIO_DESCRIPTION = 1 << 16
 MAX_AUDIO_PACKET = 1 << 24
+FEC_PARITY_RANGE = {0, *range(2, 129)}
 VERSION = 15
 # format version -> the vqcodec release that decodes it (git tag v<release>); formats 1-12 were
 # development versions, never released
@@ -103,7 +119,7 @@ MAX_FRAMES = 1 << 24
 MAX_SEGMENT_FRAMES = 4096
 MAX_PAYLOAD = 1 << 30
 
-_HEADER = struct.Struct("<4sHH16sIIIIIBBBBHBBIIBBBBB3s")
+_HEADER = struct.Struct("<4sHH16sIIIIIBBBBHBBIIBBBBBB2s")
 _SEGMENT = struct.Struct("<4sIIHBBI")
 _TRAILER = struct.Struct("<4sIIII")
 _AUDIO_STREAM = struct.Struct("<4sIB")
@@ -135,13 +151,15 @@ class Header:
     colour: tuple[int, int, int, int] = (0, 2, 2, 2)  # range, matrix, primaries, transfer (unknown)
     streamed: bool = False  # written to a pipe: the header's counts are 0, the trailer has them
     audio_streams: int = 0
+    fec: int = 0  # Reed-Solomon parity bytes per codeword (0: no FEC)
 
     def pack(self) -> bytes:
         frames, segments = (0, 0) if self.streamed else (self.frames, self.segments)
         body = _HEADER.pack(MAGIC, self.version, HEADER_SIZE, self.fingerprint, self.width, self.height,
                             self.fps.numerator, self.fps.denominator, frames, self.pix_fmt,
                             self.quality, self.stages, self.group_frames, self.segment_frames,
-                            self.patch, 0, segments, self.bitrate, *self.colour, self.audio_streams, bytes(3))
+                            self.patch, 0, segments, self.bitrate, *self.colour, self.audio_streams, self.fec,
+                            bytes(2))
         return body + struct.pack("<I", zlib.crc32(body))
 
     def pack_trailer(self) -> bytes:
@@ -191,19 +209,19 @@ def unpack_header(data: bytes) -> Header:
         raise BitstreamError(f"format version {version} was written by an earlier vqcodec, never released; "
                              f"this one ({__version__}) reads format {VERSION} (re-encode the source)")
     (_, version, size, fp, w, h, fn, fd, frames, pix, q, stages, t, seg, patch, _r1, nseg, rate,
-     crange, matrix, primaries, transfer, audio, _r2) = _HEADER.unpack_from(data)
+     crange, matrix, primaries, transfer, audio, fec, _r2) = _HEADER.unpack_from(data)
     if zlib.crc32(data[: HEADER_SIZE - 4]) != struct.unpack_from("<I", data, HEADER_SIZE - 4)[0]:
         raise BitstreamError("header is damaged (CRC mismatch)")
     if size != HEADER_SIZE or pix not in PIX_FMTS:
         raise BitstreamError("unsupported header layout or pixel format")
     if not (0 < w <= MAX_DIM and 0 < h <= MAX_DIM and w * h <= MAX_PIXELS and fn > 0 and fd > 0 and t > 0
             and patch > 0 and stages > 0 and 0 < seg <= MAX_SEGMENT_FRAMES and seg % t == 0 and 0 <= q <= 8 and (q > 0) == (rate == 0)
-            and frames <= MAX_FRAMES and crange <= 2 and audio <= MAX_AUDIO_STREAMS):
+            and frames <= MAX_FRAMES and crange <= 2 and audio <= MAX_AUDIO_STREAMS and fec in FEC_PARITY_RANGE):
         raise BitstreamError("header has out-of-range fields")
     if nseg != -(-frames // seg):
         raise BitstreamError("header segment count does not match its frame count")
     return Header(fp, w, h, Fraction(fn, fd), frames, q, stages, t, seg, patch, nseg, pix, version, rate,
-                  (crange, matrix, primaries, transfer), streamed=(frames == 0), audio_streams=audio)
+                  (crange, matrix, primaries, transfer), streamed=(frames == 0), audio_streams=audio, fec=fec)
 
 
 def complete_streamed(data: bytes | memoryview, header: Header) -> Header:
@@ -343,6 +361,94 @@ def read_audio_packets(data: bytes | memoryview, start: int = HEADER_SIZE) -> It
         yield packet
 
 
+_PARITY = struct.Struct("<4sIIB3sI")
+PARITY_HEAD_SIZE = _PARITY.size + 4
+
+
+@dataclass
+class Parity:
+    """A window's Reed-Solomon parity (fec.py computes and uses it)."""
+
+    start: int  # the window's first byte in the file
+    length: int
+    nsym: int
+    crc: int  # of the window's bytes
+    parity: bytes  # D * nsym bytes, interleaved (see the table above)
+    at: int = -1  # where the chunk was found in a file
+
+    @property
+    def codewords(self) -> int:
+        return -(-self.length // (255 - self.nsym))
+
+    def pack(self) -> bytes:
+        body = _PARITY.pack(PARITY_MAGIC, self.start, self.length, self.nsym, bytes(3), self.crc)
+        head = body + struct.pack("<I", zlib.crc32(body))
+        return head + self.parity + head
+
+
+def _parity_head_at(view: memoryview, pos: int) -> tuple[int, int, int, int] | None:
+    """(start, length, nsym, crc) when an intact parity head is at pos."""
+    if pos + PARITY_HEAD_SIZE > len(view) or view[pos:pos + 4] != PARITY_MAGIC:
+        return None
+    if zlib.crc32(view[pos:pos + _PARITY.size]) != struct.unpack_from("<I", view, pos + _PARITY.size)[0]:
+        return None
+    _, start, length, nsym, _, crc = _PARITY.unpack_from(view, pos)
+    if nsym not in FEC_PARITY_RANGE or nsym == 0 or length == 0 or length > MAX_PAYLOAD:
+        return None
+    return start, length, nsym, crc
+
+
+def parity_size(length: int, nsym: int) -> int:
+    return 2 * PARITY_HEAD_SIZE + -(-length // (255 - nsym)) * nsym
+
+
+def find_parity(data: bytes | memoryview) -> list[Parity]:
+    """Every parity chunk whose head (either copy) is intact, by window, in file order.  A head
+    found by its second copy gives the chunk's start from its length."""
+    view = memoryview(data)
+    raw = view.obj if hasattr(view.obj, "find") else bytes(view)
+    found: dict[tuple[int, int], Parity] = {}
+    pos = 0
+    while True:
+        pos = raw.find(PARITY_MAGIC, pos)
+        if pos < 0:
+            break
+        head = _parity_head_at(view, pos)
+        if head is not None:
+            start, length, nsym, crc = head
+            size = parity_size(length, nsym)
+            # a first copy: the chunk runs on from pos; a second: it ended at pos + PARITY_HEAD_SIZE
+            for first in (pos, pos + PARITY_HEAD_SIZE - size):
+                body = first + PARITY_HEAD_SIZE
+                if first >= 0 and first + size <= len(view) and (start, length) not in found and (
+                        first == pos or _parity_head_at(view, first) is None):
+                    found[(start, length)] = Parity(start, length, nsym, crc,
+                                                    bytes(view[body:body + size - 2 * PARITY_HEAD_SIZE]), first)
+                    break
+        pos += 1
+    return sorted(found.values(), key=lambda p: p.start)
+
+
+def skip_parity(view: memoryview, pos: int) -> int:
+    """The position after a parity chunk at pos (pos itself when there is none)."""
+    head = _parity_head_at(view, pos)
+    return pos if head is None else pos + parity_size(head[1], head[2])
+
+
+def header_copy(data: bytes | memoryview) -> Header | None:
+    """The copy of the header a file with FEC ends with (before a streamed file's trailer), when
+    intact: what a reader uses when the header at the start is damaged."""
+    view = memoryview(data)
+    for end in (len(view), len(view) - TRAILER_SIZE):
+        start = end - HEADER_SIZE
+        if start > HEADER_SIZE and view[start:start + 4] == MAGIC:
+            try:
+                return unpack_header(bytes(view[start:end]))
+            except BitstreamError:
+                continue
+    return None
+
+
 @dataclass
 class Damaged:
     """A segment slot whose bytes failed their checks; frames are inferred from the header."""
@@ -367,8 +473,13 @@ def read_segments(data: bytes | memoryview, header: Header) -> Iterator[Segment 
     pos, n = read_audio_streams(view, header)[1], len(view)
     index = 0
     while index < header.segments:
-        while (audio := _audio_packet_at(view, pos)) is not None:  # audio between segments
-            pos = audio[1]
+        while True:  # audio and parity between segments
+            if (audio := _audio_packet_at(view, pos)) is not None:
+                pos = audio[1]
+            elif (after := skip_parity(view, pos)) != pos:
+                pos = after
+            else:
+                break
         seg = _parse_at(view, pos, header, index)
         if isinstance(seg, tuple):
             segment, pos = seg

@@ -62,6 +62,7 @@ def encode(input: Path = typer.Argument(..., help="any video PyAV can open; - re
            seek: float = typer.Option(0.0, "--seek", help="start this many seconds into the input"),
            segment: int = typer.Option(32, "--segment", help="frames per independently decodable segment"),
            no_audio: bool = typer.Option(False, "--no-audio", metavar="", help="drop the source's audio (kept by default)"),
+           fec: int = typer.Option(0, "--fec", help="Reed-Solomon parity, % of the data (0 off, 1-50): corrects damage"),
            model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, threads: int = ThreadsOpt,
            yes: bool = YesOpt) -> None:
     """Compress a video into a .vqv file."""
@@ -78,7 +79,7 @@ def encode(input: Path = typer.Argument(..., help="any video PyAV can open; - re
         report = encode_file(input, output, quality=DEFAULT_QUALITY if quality is None else quality, bitrate=bitrate,
                              model=model, device=device.value, overwrite=yes, segment_frames=segment,
                              progress=bar.advance, total=bar.total, seek=seek, frames=frames, threads=threads,
-                             audio=not no_audio)
+                             audio=not no_audio, fec_pct=fec)
     for note in report.notes:
         warn(note)
     _say(report.summary(), str(output) == "-")
@@ -104,6 +105,16 @@ def decode(input: Path = typer.Argument(..., help="a .vqv file; - reads standard
 
 
 @app.command()
+def repair(input: Path = typer.Argument(..., help="a .vqv file written with --fec"),
+           output: Path = typer.Option(..., "-o", "--output", help="the repaired .vqv to write"),
+           yes: bool = YesOpt) -> None:
+    """Correct a damaged .vqv with its parity (as par2 repair) and write it back whole."""
+    from .decoder import repair_file
+
+    _say(repair_file(input, output, overwrite=yes), False)
+
+
+@app.command()
 def train(clips: Path = typer.Argument(..., help="folder of clips (searched recursively)"),
           output: Path = typer.Option(..., "-o", "--output", help="the model file to write"),
           steps: int = typer.Option(20000, "--steps", help="optimiser steps in all (a resumed run continues to this)"),
@@ -123,11 +134,13 @@ def train(clips: Path = typer.Argument(..., help="folder of clips (searched recu
           minutes: Optional[float] = typer.Option(None, "--minutes", help="stop after this long (checkpoint, resume later)"),
           workers: int = typer.Option(-1, "--workers", help="data-loading processes (-1: none on CPU, up to 8 on CUDA)"),
           compile_: bool = typer.Option(False, "--compile", metavar="", help="torch.compile the conv stacks (experimental)"),
-          device: Device = DeviceOpt, yes: bool = YesOpt) -> None:
+          device: Device = DeviceOpt, threads: int = ThreadsOpt, yes: bool = YesOpt) -> None:
     """Fit a model on a folder of clips: network, codebooks, then the entropy tables."""
     from .console import train_display
+    from .runtime import Threads
     from .train import train_model, parse_training
 
+    Threads(threads)
     options, config = parse_training(crop=crop, steps=steps, batch=batch, frames=frames, lr=lr, ms_ssim=ms_ssim,
                                      seed=seed, val_every=val_every, minutes=minutes, workers=workers, compile=compile_,
                                      stages=stages, hidden=hidden, init=init)
@@ -171,6 +184,11 @@ def info(input: Optional[Path] = typer.Argument(None, help="a .vqv file"),
         if key == "quality" and value == 0:
             value = "rate-controlled: " + ", ".join(f"{q}" for q in d["segment_qualities"]) + " per segment"
         typer.echo(f"{key:>15}: {value}")
+    if d["fec"]:
+        typer.echo(f"{'fec':>15}: Reed-Solomon, {d['fec']['parity_bytes_per_codeword']} parity bytes per codeword "
+                   f"({d['fec']['percent']} %)")
+    for r in d["repairs"]:
+        typer.echo(f"{'repairable':>15}: {r}")
     for a in d["audio"]:
         typer.echo(f"{'audio':>15}: stream {a['number']}: {a['codec']}, {a['packets']} packets, {a['bytes']} bytes")
     for s in d["damaged"]:
@@ -187,10 +205,12 @@ def bench(inputs: list[Path] = typer.Argument(..., help="videos to measure on"),
           csv_out: Optional[Path] = typer.Option(None, "--csv", help="write all results as CSV"),
           plot_out: Optional[Path] = typer.Option(None, "--plot", help="rate-distortion curves (PNG, needs matplotlib)"),
           compare: Optional[list[Path]] = typer.Option(None, "--compare-model", help="another model to measure as an anchor (repeatable)"),
-          model: Optional[Path] = ModelOpt, device: Device = DeviceOpt) -> None:
+          model: Optional[Path] = ModelOpt, device: Device = DeviceOpt, threads: int = ThreadsOpt) -> None:
     """Rate-distortion and speed beside x264, x265, SVT-AV1 and VP9, with BD-rate."""
     from .bench import report
+    from .runtime import Threads
 
+    Threads(threads)
     report(inputs, qualities=qualities, codecs=codecs, frames=frames or None, json_out=json_out,
            csv_out=csv_out, plot_out=plot_out, model=model, device=device.value, compare=compare)
 

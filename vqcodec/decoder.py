@@ -24,10 +24,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from . import bitstream as bs
-from . import motion, postfilter
+from . import fec, motion, postfilter
 from .entropy import EntropyCoder, first_passes
 from .errors import FormatError, ModelMismatch, VqvError
-from .files import atomic_output, resolve_device, stdout_binary
+from .files import atomic_output, open_output, resolve_device, stdout_binary
 from .runtime import Threads
 from .modelfile import CodecModel, load_model
 from .reconstruct import QUALITY_LEVELS, Reconstruction, stages_for_quality, to_frames
@@ -75,7 +75,7 @@ def _read_vqv(path: Path | str):
         data = sys.stdin.buffer.read()
         if not data:
             raise FormatError("stdin: empty input, not a .vqv")
-        return data, _parse_header(data, "stdin")
+        return _opened(data, "stdin")
     path = Path(path)
     if not path.exists():
         raise VqvError(f"{path}: no such file")
@@ -87,14 +87,30 @@ def _read_vqv(path: Path | str):
             data = f.read()
             if not data:
                 raise FormatError(f"{path}: empty input, not a .vqv")
-            return data, _parse_header(data, path)
+            return _opened(data, path)
         if size == 0:
             raise FormatError(f"{path}: empty file, not a .vqv")
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return _opened(data, path)
+
+
+def _opened(data, src):
+    """(data, header, repairs): a file with FEC (or whose header is damaged: it may have a copy)
+    is corrected first, as far as its parity allows (fec.py); `repairs` says what was done."""
+    repairs: list[fec.Window] = []
     try:
-        return data, _parse_header(data, path)
-    except FormatError:
-        data.close()
+        needs = bs.unpack_header(bytes(data[:bs.HEADER_SIZE])).fec > 0
+    except bs.BitstreamError:
+        needs = len(data) > bs.HEADER_SIZE
+    try:
+        if needs:
+            fixed, repairs = fec.repair(data)
+            if fixed is not data:
+                _release(data)
+                data = fixed
+        return data, _parse_header(data, src), repairs
+    except BaseException:
+        _release(data)
         raise
 
 
@@ -126,7 +142,9 @@ class DecodeReport:
         if self.concealed:
             segs = ", ".join(f"{d.index} (frames {d.first_frame}-{d.first_frame + d.frames - 1}: {d.reason})"
                              for d in self.concealed)
-            s += f"; concealed {sum(d.frames for d in self.concealed)} frames in damaged segments {segs}"
+            n = sum(d.frames for d in self.concealed)
+            s += (f"; concealed {n} of {self.frames} frames ({100 * n / max(1, self.frames):.0f} %) in damaged segments {segs}"
+                  + (" (every segment damaged: mid-grey frames)" if n >= self.frames else ""))
         return s
 
 
@@ -172,14 +190,16 @@ def decoded_frames(data, header: bs.Header, coder: SegmentDecoder, *, conceal: b
             last = frames[-1]
         if progress:
             progress(seg.frames)
-    if pending:
-        raise FormatError(f"{src}: every segment is damaged; nothing to decode")
+    if pending:  # every segment damaged: nothing is known of the pictures but their size
+        grey = Frame(np.full((header.height, header.width), 128, np.uint8),
+                     *(np.full(((header.height + 1) // 2, (header.width + 1) // 2), 128, np.uint8),) * 2)
+        yield from [grey] * pending
 
 
 def frames_from_bytes(data: bytes, model: CodecModel, *, device: str = "cpu", conceal: bool,
                       concealed: list) -> Iterator[Frame]:
     """Every frame of a whole .vqv held in memory; raises FormatError/ModelMismatch like decode_file."""
-    header = _parse_header(data, "input")
+    data, header, repairs = _opened(data, "input")
     _check_model("input", header, model)
     yield from decoded_frames(data, header, SegmentDecoder(model, device), conceal=conceal, concealed=concealed)
 
@@ -201,7 +221,7 @@ def decode_file(src: Path | str, dst: Path | str, *, model: Path | CodecModel | 
     t0 = time.time()
     device = resolve_device(device)
     kind = output_kind(dst, fmt)
-    data, header = _read_vqv(src)
+    data, header, repairs = _read_vqv(src)
     src = "stdin" if str(src) == "-" else src
     try:
         if kind == "image" and header.frames > 1:
@@ -214,7 +234,7 @@ def decode_file(src: Path | str, dst: Path | str, *, model: Path | CodecModel | 
         if total:
             total(header.frames)
         concealed: list[bs.Damaged] = []
-        notes: list[str] = []
+        notes: list[str] = [w.text() for w in repairs]
         written = 0
         with contextlib.ExitStack() as stack:
             if str(dst) == "-":
@@ -254,6 +274,28 @@ def decode_file(src: Path | str, dst: Path | str, *, model: Path | CodecModel | 
         _release(data)
 
 
+def repair_file(src: Path | str, dst: Path | str, *, overwrite: bool = False) -> str:
+    """Write `src` corrected by its parity to `dst` (as `par2 repair`); refuses, writing nothing,
+    when damage remains that the parity cannot correct.  Returns what was done."""
+    data, header, repairs = _read_vqv(src)
+    try:
+        failed = [w for w in repairs if not w.repaired]
+        damaged = [d for d in bs.read_segments(data, header) if isinstance(d, bs.Damaged)]
+        if not header.fec and not repairs:
+            raise VqvError(f"{src}: written without --fec: no parity to repair it with"
+                           + (f" ({len(damaged)} damaged segments; decode --conceal plays the rest)" if damaged else ""))
+        if failed or damaged:
+            what = "; ".join([w.text() for w in failed] + [f"segment {d.index}: {d.reason}" for d in damaged
+                                                           if not any(d.index in w.segments for w in failed)])
+            raise FormatError(f"{src}: cannot repair all of it: {what}; nothing written (decode --conceal plays the rest)")
+        with open_output(dst, overwrite) as (out, _):
+            out.write(bytes(data))
+        done = "; ".join(w.text() for w in repairs) or "nothing to repair: the file is intact"
+        return f"repaired {src} -> {dst}: {done}"
+    finally:
+        _release(data)
+
+
 def _audio(data, header: bs.Header) -> tuple[list[bs.AudioStream], list[bs.AudioPacket]]:
     """The file's intact audio descriptions and packets (in time order per stream)."""
     if not header.audio_streams:
@@ -279,8 +321,8 @@ def _mux_audio(writer: VideoWriter, packets: list[bs.AudioPacket], streams: list
 
 
 def inspect(src: Path) -> dict:
-    """Header fields, segment table and damage report of a .vqv file."""
-    data, header = _read_vqv(src)
+    """Header fields, segment table and damage report of a .vqv file (after what its FEC corrects)."""
+    data, header, repairs = _read_vqv(src)
     try:
         size = len(data)
         segments, damaged = [], []
@@ -301,6 +343,9 @@ def inspect(src: Path) -> dict:
         _release(data)
     d = header.to_dict()
     d["audio"] = audio
+    d["fec"] = ({"parity_bytes_per_codeword": header.fec, "percent": round(100 * header.fec / (255 - header.fec), 1)}
+                if header.fec else None)
+    d["repairs"] = [w.text() for w in repairs]
     seconds = header.frames / float(header.fps)
     target = d.pop("bitrate")  # the --bitrate asked (0: a fixed quality), not the file's rate (kbps)
     d.update({"model": d.pop("fingerprint"), "target_kbps": target or None, "bytes": size,
@@ -312,8 +357,8 @@ def inspect(src: Path) -> dict:
 
 
 def inspect_header(src: Path) -> bs.Header:
-    """Only the header of a .vqv file (cheap)."""
-    data, header = _read_vqv(src)
+    """Only the header of a .vqv file."""
+    data, header, _ = _read_vqv(src)
     _release(data)
     return header
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import bitstream as bs
-from . import filterfit, motion, search
+from . import fec, filterfit, motion, search
 from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEAR_INTER,
                       NEAR_SKIP,
                       NEVER, NNZ_BUCKET, SKIP, EntropyCoder, Symbols, first_index_keys, first_refs, fresh_mode_contexts,
@@ -555,35 +555,44 @@ def encode_file(src: Path | str, dst: Path | str, *, quality: int = DEFAULT_QUAL
                 segment_frames: int = DEFAULT_SEGMENT_FRAMES, batch: int = DEFAULT_BATCH,
                 progress: Progress | None = None, seek: float = 0.0, frames: int | None = None,
                 threads: int = 0, total: Callable[[int | None], None] | None = None,
-                audio: bool = True) -> EncodeReport:
+                audio: bool = True, fec_pct: int = 0) -> EncodeReport:
     """Encode any video PyAV opens ('-': standard input) into a .vqv file ('-': standard output).
 
     The input is opened once; `seek` (seconds) and `frames` pick a part of it; the rate stored is
     the one the frames' timestamps show (rate_from_timestamps), not the container's claim.
     `total` is told, before the first frame, about how many frames to expect (None: unknown).
     The source's audio streams travel as copies of their packets (`audio=False`: dropped)."""
+    try:
+        fec.parity_bytes(fec_pct)  # a bad --fec fails before the input is read
+    except ValueError as exc:
+        raise VqvError(str(exc)) from None
     with VideoSource(src, seek=seek, limit=frames, threads=threads, audio=audio) as source:
         if total:
             total(source.expected_frames)
         return encode_frames(source.frames(), source.header_rate, dst, quality=quality, bitrate=bitrate,
                              model=model, device=device, overwrite=overwrite, segment_frames=segment_frames,
                              batch=batch, progress=progress, name=source.name, source=source,
-                             threads=Threads(threads))
+                             threads=Threads(threads), fec_pct=fec_pct)
 
 
 def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path | str, *, quality: int = DEFAULT_QUALITY,
                   bitrate: float | None = None, model: Path | CodecModel | None = None, device: str = "auto",
                   overwrite: bool = False, segment_frames: int = DEFAULT_SEGMENT_FRAMES, batch: int = DEFAULT_BATCH,
                   progress: Progress | None = None, name: str = "input", source: VideoSource | None = None,
-                  threads: Threads | None = None) -> EncodeReport:
+                  threads: Threads | None = None, fec_pct: int = 0) -> EncodeReport:
     """Encode a stream of frames (all of one size) into a .vqv file, segment by segment.
 
     With `bitrate` (kbit/s) instead of a fixed quality, each segment gets the quality that comes
     nearest its share of the budget plus what earlier segments saved or overspent.  With a
     `source`, its colour tags and the rate its timestamps show go into the header (`fps` is the
     first guess, used for the rate control until then).  A file that cannot seek back (a pipe)
-    gets a streamed header and a trailer (bitstream.py)."""
+    gets a streamed header and a trailer (bitstream.py).  `fec_pct` > 0 adds about that much
+    Reed-Solomon parity (fec.py) and a copy of the header at the end."""
     t0 = time.time()
+    try:
+        nsym = fec.parity_bytes(fec_pct)
+    except ValueError as exc:
+        raise VqvError(str(exc)) from None
     device = resolve_device(device)
     if bitrate is not None and not 1 <= bitrate <= 10_000_000:
         raise VqvError(f"--bitrate must be from 1 to 10000000 kbit/s, got {bitrate:g}")
@@ -599,25 +608,24 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path | str, *, qu
     total, est_bits, carry, audio_total = 0, 0.0, 0.0, 0
     qualities: list[int] = []
     header: bs.Header | None = None
-    with open_output(dst, overwrite) as (out, seekable):
+    with open_output(dst, overwrite) as (raw, seekable):
+        out = _Chunks(raw, nsym)
         for chunk in _chunks(frames, segment_frames):
             if header is None:
                 header = bs.Header(cm.fingerprint, chunk[0].width, chunk[0].height, Fraction(fps), 0,
                                    0 if bitrate is not None else quality, stages, T, segment_frames, cm.config.patch,
                                    0, bitrate=0 if bitrate is None else max(1, round(bitrate)),
                                    colour=source.colour if source else bs.Header.colour, streamed=not seekable,
-                                   audio_streams=len(source.audio_descriptions) if source else 0)
-                size = out.write(header.pack())
+                                   audio_streams=len(source.audio_descriptions) if source else 0, fec=nsym)
+                out.header(header.pack())
                 for number, description in enumerate(source.audio_descriptions if source else []):
-                    size += out.write(bs.AudioStream(number, description).pack())
+                    out.write(bs.AudioStream(number, description).pack())
             if any(f.width != header.width or f.height != header.height for f in chunk):
                 raise InputError(f"{name}: frame size changes inside the video; not supported")
             if threads:
                 threads.update()
             if source is not None:  # the audio that starts before this segment ends goes first
-                audio_bytes = _write_audio(out, source.take_audio((total + len(chunk)) / source.timing()[0]))
-                size += audio_bytes
-                audio_total += audio_bytes
+                audio_total += _write_audio(out, source.take_audio((total + len(chunk)) / source.timing()[0]))
             if bitrate is None:
                 seg_quality = quality
                 payload, bits = coder.encode(chunk, quality, progress)
@@ -631,8 +639,8 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path | str, *, qu
                     progress(len(chunk))
             qualities.append(seg_quality)
             est_bits += bits
-            size += out.write(bs.Segment(header.segments, total, len(chunk), payload, seg_quality,
-                                         stages_for_quality(seg_quality, cm.config.stages)).pack())
+            out.write(bs.Segment(header.segments, total, len(chunk), payload, seg_quality,
+                                 stages_for_quality(seg_quality, cm.config.stages)).pack())
             header.segments += 1
             total += len(chunk)
         if header is None:
@@ -643,22 +651,51 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path | str, *, qu
             fps = header.fps
             notes += source.notes + ([warning] if warning else [])
             # the rest of the audio: all of it, or up to the video's end when --frames cut it short
-            audio_bytes = _write_audio(out, source.take_audio(total / fps if source.limit else None))
-            size += audio_bytes
-            audio_total += audio_bytes
+            audio_total += _write_audio(out, source.take_audio(total / fps if source.limit else None))
         header.frames = total
+        out.close_window()
+        if nsym:  # the header's copy (with its final counts) ends the file, before a trailer
+            out.write(replace(header, streamed=False).pack(), protect=False)
         if seekable:
-            out.seek(0)
-            out.write(header.pack())
-            out.seek(0, os.SEEK_END)
+            raw.seek(0)
+            raw.write(header.pack())
+            raw.seek(0, os.SEEK_END)
         else:
-            size += out.write(header.pack_trailer())
+            out.write(header.pack_trailer(), protect=False)
+        size = out.size
     return EncodeReport(total, header.width, header.height, float(fps), size, time.time() - t0, quality, est_bits,
                         qualities, bitrate, notes, header.audio_streams, audio_total)
 
 
-def _write_audio(out, packets: list[tuple[int, int, int, bytes]]) -> int:
+def _write_audio(out: "_Chunks", packets: list[tuple[int, int, int, bytes]]) -> int:
     return sum(out.write(bs.AudioPacket(*p).pack()) for p in packets)
+
+
+class _Chunks:
+    """Writes the file's chunks, counting bytes; with FEC, follows each window of about
+    fec.window_target bytes with its parity chunk."""
+
+    def __init__(self, out, nsym: int):
+        self.out, self.nsym, self.size = out, nsym, 0
+        self.window, self.start = bytearray(), 0
+
+    def header(self, data: bytes) -> None:
+        self.size += self.out.write(data)
+        self.start = self.size
+
+    def write(self, data: bytes, protect: bool = True) -> int:
+        self.size += self.out.write(data)
+        if self.nsym and protect:
+            self.window += data
+            if len(self.window) >= fec.window_target(self.nsym):
+                self.close_window()
+        return len(data)
+
+    def close_window(self) -> None:
+        if self.nsym and self.window:
+            self.size += self.out.write(fec.protect(bytes(self.window), self.start, self.nsym).pack())
+            self.window = bytearray()
+        self.start = self.size
 
 
 FIT_SIDE = (368, 640)  # table fitting looks at centre crops of at most this size (statistics, not pictures)

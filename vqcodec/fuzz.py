@@ -36,20 +36,36 @@ def apply(data: bytes, ops) -> bytes:
 
 
 def reseal(data: bytes) -> bytes:
-    """Recompute the header CRC and the CRC of each segment reachable by walking the lengths."""
+    """Recompute the header CRC and the CRC of each chunk (audio description, audio packet,
+    segment) reachable by walking the lengths."""
     b = bytearray(data)
     if len(b) < bs.HEADER_SIZE:
         return bytes(b)
     crc_at = bs.HEADER_SIZE - 4
     b[crc_at:bs.HEADER_SIZE] = struct.pack("<I", zlib.crc32(bytes(b[:crc_at])))
     pos = bs.HEADER_SIZE
-    while pos + bs.SEGMENT_HEADER_SIZE <= len(b):
-        length = struct.unpack_from("<I", b, pos + 16)[0]
-        end = pos + bs.SEGMENT_HEADER_SIZE + length
-        if end > len(b):
+    while pos + 9 <= len(b):
+        magic = bytes(b[pos:pos + 4])
+        if magic == bs.AUDIO_STREAM_MAGIC:  # head 9 bytes, body, CRC over both
+            end = pos + 9 + struct.unpack_from("<I", b, pos + 4)[0] + 4
+            if end > len(b):
+                break
+            b[end - 4:end] = struct.pack("<I", zlib.crc32(bytes(b[pos + 9:end - 4]), zlib.crc32(bytes(b[pos:pos + 9]))))
+        elif magic == bs.AUDIO_PACKET_MAGIC and pos + bs.AUDIO_PACKET_HEADER_SIZE <= len(b):
+            head = bs.AUDIO_PACKET_HEADER_SIZE - 4
+            end = pos + bs.AUDIO_PACKET_HEADER_SIZE + struct.unpack_from("<I", b, pos + 20)[0]
+            if end > len(b):
+                break
+            crc = zlib.crc32(bytes(b[pos + head + 4:end]), zlib.crc32(bytes(b[pos:pos + head])))
+            b[pos + head:pos + head + 4] = struct.pack("<I", crc)
+        elif pos + bs.SEGMENT_HEADER_SIZE <= len(b):
+            end = pos + bs.SEGMENT_HEADER_SIZE + struct.unpack_from("<I", b, pos + 16)[0]
+            if end > len(b):
+                break
+            crc = zlib.crc32(bytes(b[pos + 24:end]), zlib.crc32(bytes(b[pos:pos + 20])))
+            b[pos + 20:pos + 24] = struct.pack("<I", crc)
+        else:
             break
-        crc = zlib.crc32(bytes(b[pos + 24:end]), zlib.crc32(bytes(b[pos:pos + 20])))
-        b[pos + 20:pos + 24] = struct.pack("<I", crc)
         pos = end
     return bytes(b)
 

@@ -24,14 +24,14 @@ def usable_cores() -> int:
 
 
 def running_vqcodec() -> int:
-    """How many vqcodec processes (this one among them) are running on this machine; 1 where /proc
-    cannot tell.  Counts processes whose command line names vqcodec as its program or module."""
+    """This process and the other vqcodec processes running on this machine (1 where /proc cannot
+    tell): the others are those whose command line names vqcodec as its program or module."""
     proc = Path("/proc")
     if not proc.is_dir():
         return 1
-    count = 0
+    count, me = 1, str(os.getpid())
     for entry in proc.iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or entry.name == me:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
@@ -39,7 +39,7 @@ def running_vqcodec() -> int:
             continue
         if any(a.endswith(b"/vqcodec") or a == b"vqcodec" for a in argv[:2]) or b"vqcodec" in argv[2:3] and b"-m" in argv[1:2]:
             count += 1
-    return max(1, count)
+    return count
 
 
 class Threads:

@@ -119,6 +119,11 @@ def frame_to_av(frame: Frame) -> av.VideoFrame:
     return out
 
 
+TEXT_FORMATS = {"tty", "srt", "ass", "webvtt", "subviewer", "microdvd", "jacosub", "mpl2", "pjs", "realtext",
+                "sami", "stl", "subviewer1", "vplayer", "aqtitle", "lrc", "scc", "mcc"}
+TEXT_CODECS = {"ansi", "bintext", "xbin", "idf"}
+
+
 def is_stdio(path) -> bool:
     """'-' names standard input or output, as in ffmpeg and x264."""
     return str(path) == "-"
@@ -143,6 +148,10 @@ def _open_input(path: Path):
     if not container.streams.video:
         container.close()
         raise InputError(f"{path}: has no video stream")
+    codec = container.streams.video[0].codec_context.name
+    if container.format.name in TEXT_FORMATS or codec in TEXT_CODECS:
+        container.close()  # FFmpeg renders text as pictures (its tty demuxer); a user meant no video
+        raise InputError(f"{path}: is text, not a video (FFmpeg's {container.format.name} demuxer would draw it)")
     return container
 
 
