@@ -68,6 +68,8 @@ def streams(frames: list[Frame]) -> dict[str, dict]:
                          covers="a still (one frame, its group padded)"),
         "streamed_q4": dict(frames=frames[:12], options=dict(quality=4, segment_frames=8), streamed=True,
                             covers="a streamed file (written to a pipe: counts 0 in the header, a trailer), two segments"),
+        "fec_q6": dict(frames=frames[:12], options=dict(quality=6, segment_frames=4, fec_pct=10),
+                       covers="--fec 10: parity chunks between segments and the header's copy at the end"),
     }
 
 

@@ -3,8 +3,9 @@
 
     python scripts/fuzz_decoder.py --cases 10000 [--seed 0]
 
-Three real files: carphone (12 frames, 3 segments), a 48x32 clip (6 frames, 3 segments) and a
-streamed 64x48 file with an AAC track (8 frames, 2 segments, audio packets between them).
+Four real files: carphone (12 frames, 3 segments), a 48x32 clip (6 frames, 3 segments), a
+streamed 64x48 file with an AAC track (8 frames, 2 segments, audio packets between them) and
+carphone with --fec 10 (parity chunks, the header's copy; decoding repairs first).
 
 Each case applies 1-4 random operations (vqcodec/fuzz.py) to a real file, half of them resealed
 (CRCs recomputed, so the entropy decoder and the size checks see hostile data), and decodes it
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 from vqcodec import bitstream as bs  # noqa: E402
+from vqcodec import fec  # noqa: E402
 from vqcodec.codec import decode_bytes, encode_file  # noqa: E402
 from vqcodec.errors import VqvError  # noqa: E402
 from vqcodec.fuzz import apply, random_ops, reseal  # noqa: E402
@@ -62,8 +64,9 @@ def main() -> None:
         c = (tmp / "c.vqv").read_bytes()
         h = bs.unpack_header(c[:bs.HEADER_SIZE])
         h.streamed = True
+        encode_file(CARPHONE, tmp / "d.vqv", model=model, segment_frames=4, quality=3, fec_pct=10)
         files = [(tmp / "a.vqv").read_bytes(), (tmp / "b.vqv").read_bytes(),
-                 h.pack() + c[bs.HEADER_SIZE:] + h.pack_trailer()]
+                 h.pack() + c[bs.HEADER_SIZE:] + h.pack_trailer(), (tmp / "d.vqv").read_bytes()]
     rng = random.Random(args.seed)
     outcomes = collections.Counter()
     crashes = []
@@ -82,9 +85,10 @@ def main() -> None:
         signal.alarm(args.timeout)
         try:
             n, concealed = decode_bytes(data, model, conceal=True)
-            header = bs.complete_streamed(data, bs.unpack_header(data[:bs.HEADER_SIZE]))
-            streams, start = bs.read_audio_streams(data, header)  # the audio parser too
-            sum(len(p.data) for p in bs.read_audio_packets(data, start))
+            fixed = fec.repair(data)[0]  # what the decoder read (corrected where the file has FEC)
+            header = bs.complete_streamed(fixed, bs.unpack_header(fixed[:bs.HEADER_SIZE]))
+            streams, start = bs.read_audio_streams(fixed, header)  # the audio parser too
+            sum(len(p.data) for p in bs.read_audio_packets(fixed, start))
             if n != header.frames:
                 crashes.append((i, ops, sealed, f"wrong frame count {n} != {header.frames}"))
             outcomes["decoded, concealed" if concealed else "decoded intact"] += 1

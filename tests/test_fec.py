@@ -67,6 +67,17 @@ def test_random_errors_and_a_1k_burst_are_corrected_to_the_same_pictures(files, 
     assert "corrected" in report[0].text() and report[0].segments
 
 
+def test_a_burst_across_a_window_and_its_parity_head_is_corrected(files):
+    # (the parity is then found by its second head; a first cut took that head for the first)
+    protected = files[5]
+    p = bs.find_parity(protected)[0]
+    end = p.start + p.length
+    bad = bytearray(protected)
+    bad[end - 600:end + 400] = bytes(1000)  # the window's tail, the first head, the parity's start
+    fixed, report = fec.repair(bytes(bad))
+    assert fixed[:end] == protected[:end] and report[0].repaired
+
+
 def test_a_damaged_header_is_restored_from_its_copy(files, model):
     bad = bytearray(files[5])
     bad[24:32] = b"\xff" * 8  # width and height

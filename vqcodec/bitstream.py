@@ -403,8 +403,8 @@ def parity_size(length: int, nsym: int) -> int:
 
 
 def find_parity(data: bytes | memoryview) -> list[Parity]:
-    """Every parity chunk whose head (either copy) is intact, by window, in file order.  A head
-    found by its second copy gives the chunk's start from its length."""
+    """Every parity chunk whose head (either copy) is intact, by window, in file order.  A chunk
+    starts where its window ends; a head is believed only at one of its chunk's two places."""
     view = memoryview(data)
     raw = view.obj if hasattr(view.obj, "find") else bytes(view)
     found: dict[tuple[int, int], Parity] = {}
@@ -417,14 +417,11 @@ def find_parity(data: bytes | memoryview) -> list[Parity]:
         if head is not None:
             start, length, nsym, crc = head
             size = parity_size(length, nsym)
-            # a first copy: the chunk runs on from pos; a second: it ended at pos + PARITY_HEAD_SIZE
-            for first in (pos, pos + PARITY_HEAD_SIZE - size):
-                body = first + PARITY_HEAD_SIZE
-                if first >= 0 and first + size <= len(view) and (start, length) not in found and (
-                        first == pos or _parity_head_at(view, first) is None):
-                    found[(start, length)] = Parity(start, length, nsym, crc,
-                                                    bytes(view[body:body + size - 2 * PARITY_HEAD_SIZE]), first)
-                    break
+            first = start + length  # a parity chunk follows its window, whichever head was found
+            body = first + PARITY_HEAD_SIZE
+            if (start, length) not in found and first + size <= len(view) and pos in (first, first + size - PARITY_HEAD_SIZE):
+                found[(start, length)] = Parity(start, length, nsym, crc,
+                                                bytes(view[body:body + size - 2 * PARITY_HEAD_SIZE]), first)
         pos += 1
     return sorted(found.values(), key=lambda p: p.start)
 

@@ -37,7 +37,7 @@ def apply(data: bytes, ops) -> bytes:
 
 def reseal(data: bytes) -> bytes:
     """Recompute the header CRC and the CRC of each chunk (audio description, audio packet,
-    segment) reachable by walking the lengths."""
+    parity chunk head, segment) reachable by walking the lengths."""
     b = bytearray(data)
     if len(b) < bs.HEADER_SIZE:
         return bytes(b)
@@ -58,6 +58,17 @@ def reseal(data: bytes) -> bytes:
                 break
             crc = zlib.crc32(bytes(b[pos + head + 4:end]), zlib.crc32(bytes(b[pos:pos + head])))
             b[pos + head:pos + head + 4] = struct.pack("<I", crc)
+        elif magic == bs.PARITY_MAGIC and pos + bs.PARITY_HEAD_SIZE <= len(b):
+            head = bs.PARITY_HEAD_SIZE - 4
+            length, nsym = struct.unpack_from("<I", b, pos + 8)[0], b[pos + 12]
+            if not 0 < nsym < 255:
+                break
+            end = pos + bs.parity_size(length, nsym)
+            if end > len(b):
+                break
+            crc = struct.pack("<I", zlib.crc32(bytes(b[pos:pos + head])))
+            b[pos + head:pos + head + 4] = crc
+            b[end - bs.PARITY_HEAD_SIZE:end] = b[pos:pos + bs.PARITY_HEAD_SIZE]
         elif pos + bs.SEGMENT_HEADER_SIZE <= len(b):
             end = pos + bs.SEGMENT_HEADER_SIZE + struct.unpack_from("<I", b, pos + 16)[0]
             if end > len(b):
