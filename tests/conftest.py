@@ -87,12 +87,13 @@ def write_clip_with_audio(path: Path, frames: list[Frame], fps: Fraction = Fract
     video.width, video.height, video.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
     audio = container.add_stream(codec, rate=rate)
     audio.layout = "stereo"
+    audio.codec_context.open()  # (to learn its frame size: AAC 1024, Opus 960)
     for i, f in enumerate(frames):
         av_frame = frame_to_av(f)
         av_frame.pts = i
         for packet in video.encode(av_frame):
             container.mux(packet)
-    samples, size = int(len(frames) / fps * rate), 1024
+    samples, size = int(len(frames) / fps * rate), audio.codec_context.frame_size or 1024
     fmt = audio.codec_context.format.name if audio.codec_context.format else "fltp"
     for start in range(0, samples, size):
         n = min(size, samples - start)

@@ -384,3 +384,18 @@ def test_dev_stdin_works_as_a_path_for_both_commands(tmp_path, carphone_frames):
     dec = vq("decode", "/dev/stdin", "-o", tmp_path / "a.y4m", input_bytes=(tmp_path / "a.vqv").read_bytes())
     assert dec.returncode == 0, dec.stderr  # (it was "empty file": a pipe's size is 0)
     assert len(list(read_frames_from(str(tmp_path / "a.y4m")))) == 4
+
+
+def test_audio_a_container_cannot_hold_is_re_encoded_to_aac(tmp_path, carphone_frames):
+    import av
+    from conftest import stream_durations, write_clip_with_audio
+    src = write_clip_with_audio(tmp_path / "src.mkv", carphone_frames[:12], codec="libopus")
+    assert vq("encode", src, "-o", tmp_path / "a.vqv", "-q", "1").returncode == 0
+    dec = vq("decode", tmp_path / "a.vqv", "-o", tmp_path / "a.avi")  # AVI holds no Opus
+    assert dec.returncode == 0, dec.stderr
+    assert b"re-encoded opus audio to AAC" in dec.stderr
+    with av.open(str(tmp_path / "a.avi")) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"
+    got, source = stream_durations(tmp_path / "a.avi"), stream_durations(src)
+    # longer by AAC's encoder delay (1,024 samples) and its frames' padding, which AVI cannot trim
+    assert 0 <= got["audio"] - source["audio"] <= 3 * 1024 / 48000
