@@ -14,7 +14,8 @@ outcome is:
   the undamaged file's (decoding is deterministic);
 - otherwise the frames `decode --conceal` would conceal, and the PSNR-YUV against the source of
   what it would output (the intact decode with the damaged segments' frames replaced as the
-  decoder's concealment does); a destroyed header is "no output".
+  decoder's concealment does, after it keeps what a damaged segment's intact group streams
+  give, in a file with FEC); a destroyed header is "no output".
 The first non-exact trial of each case is also decoded for real and must match.
 
 The anchor: PAR2 (par2cmdline, `par2 create -r<PCT> -s1024 -n1`: 1 KiB blocks, one recovery
@@ -44,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 from vqcodec import bitstream as bs  # noqa: E402
 from vqcodec import fec  # noqa: E402
 from vqcodec.decoder import frames_from_bytes  # noqa: E402
+from vqcodec.entropy import intact_groups  # noqa: E402
 from vqcodec.encoder import encode_file  # noqa: E402
 from vqcodec.modelfile import load_model  # noqa: E402
 from vqcodec.video import read_frames  # noqa: E402
@@ -82,15 +84,22 @@ class Outcome:
         ps = [100.0 if m == 0 else min(100.0, 10 * math.log10(255 ** 2 / m)) for m in self.mse[(i, j)]]
         return (6 * ps[0] + ps[1] + ps[2]) / 8
 
-    def shown(self, damaged: set[int]) -> list[int | None]:
-        """Which decoded frame the output shows at each position (None: mid-grey)."""
+    def shown(self, damaged: dict[int, int]) -> list[int | None]:
+        """Which decoded frame the output shows at each position (None: mid-grey); `damaged`:
+        segment index -> the frames its salvage keeps (the groups before the damage)."""
         n = len(self.decoded)
         shown: list[int | None] = []
         last = None
         pending = 0
         for first in range(0, n, self.segment_frames):
             count = min(self.segment_frames, n - first)
-            if first // self.segment_frames in damaged:
+            kept = damaged.get(first // self.segment_frames, count)
+            if 0 < kept < count:
+                part = list(range(first, first + kept)) + [first + kept - 1] * (count - kept)
+                shown += [first] * pending + part
+                pending = 0
+                last = part[-1]
+            elif kept == 0:
                 if last is None:
                     pending += count
                 else:
@@ -101,7 +110,7 @@ class Outcome:
                 last = first + count - 1
         return shown + [None] * pending
 
-    def psnr(self, damaged: set[int]) -> float:
+    def psnr(self, damaged: dict[int, int]) -> float:
         vals = []
         for i, j in enumerate(self.shown(damaged)):
             if j is None:
@@ -114,8 +123,18 @@ class Outcome:
         return float(np.mean(vals))
 
 
-def judge(data: bytes, original: bytes) -> tuple[bool, set[int] | None]:
-    """(bit-exact, damaged segment indices or None when the header is lost) after repair."""
+def kept_frames(segment: bs.Damaged, header: bs.Header) -> int:
+    """The frames the decoder salvages from a damaged segment: its groups up to the first whose
+    stream fails its CRC (files with FEC code a stream per group), else none."""
+    if segment.payload is None or not header.fec:
+        return 0
+    parts = intact_groups(np.frombuffer(segment.payload, dtype="<u4"))
+    return min(segment.frames, parts * header.group_frames)
+
+
+def judge(data: bytes, original: bytes) -> tuple[bool, dict[int, int] | None]:
+    """(bit-exact, damaged segment index -> frames salvaged, or None when the header is lost),
+    after repair."""
     fixed, _ = fec.repair(data)
     try:
         header = bs.complete_streamed(fixed, bs.unpack_header(bytes(fixed[:bs.HEADER_SIZE])))
@@ -125,7 +144,7 @@ def judge(data: bytes, original: bytes) -> tuple[bool, set[int] | None]:
     if (header.frames, header.width, header.height, header.segments) != (want.frames, want.width, want.height,
                                                                         want.segments):
         return False, None
-    damaged = {s.index for s in bs.read_segments(fixed, header) if isinstance(s, bs.Damaged)}
+    damaged = {s.index: kept_frames(s, header) for s in bs.read_segments(fixed, header) if isinstance(s, bs.Damaged)}
     return not damaged, damaged
 
 
@@ -153,7 +172,7 @@ def main() -> int:
         decoded = list(frames_from_bytes(files[0], model, conceal=False, concealed=[]))
         header = bs.unpack_header(files[0][:bs.HEADER_SIZE])
         outcome = Outcome(source, decoded, header.segment_frames)
-        intact_psnr = outcome.psnr(set())
+        intact_psnr = outcome.psnr({})
         print(f"{args.clip.name}: {header.frames} frames {header.width}x{header.height}, {header.segments} segments, "
               f"q{args.quality}; sizes " + ", ".join(f"--fec {p}: {len(files[p])} B" for p in LEVELS)
               + f"; intact PSNR-YUV {intact_psnr:.2f} dB")
@@ -175,7 +194,7 @@ def main() -> int:
             for kind_name, kind in KINDS.items():
                 rng = random.Random(f"{args.seed} {kind_name} {name}")
                 exact = no_output = 0
-                concealed, psnrs, seconds, checked = [], [], [], False
+                concealed, psnrs, seconds, checked, salvaged = [], [], [], False, 0
                 for _ in range(args.trials):
                     if anchor:
                         stream = damage(files[0] + b"".join(extra.values()), kind, rng)
@@ -197,6 +216,8 @@ def main() -> int:
                         t0 = time.perf_counter()
                         ok, damaged = judge(data, files[pct])
                         seconds.append(time.perf_counter() - t0)
+                    if damaged:
+                        salvaged += sum(damaged.values())
                     if ok:
                         exact += 1
                         concealed.append(0.0)
@@ -222,6 +243,7 @@ def main() -> int:
                        "frames_concealed_pct": round(100 * float(np.mean(concealed)), 2),
                        "no_output": no_output,
                        "psnr_yuv": round(float(np.mean(psnrs)), 2) if psnrs else None,
+                       "frames_salvaged": salvaged,
                        "repair_ms": round(1000 * float(np.mean(seconds)), 1)}
                 rows.append(row)
                 print(f"{name:>10} {kind_name:>13}: +{row['overhead_pct']:5.2f} %  exact {row['bit_exact_pct']:5.1f} %  "

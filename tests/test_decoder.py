@@ -50,8 +50,12 @@ def test_the_conformance_streams_use_every_mode_of_the_format(model):
     modes, seen = set(), set()
     for name in _manifest()["streams"]:
         data = (CONFORMANCE / f"{name}.vqv").read_bytes()
-        header = bs.unpack_header(data[:bs.HEADER_SIZE])
+        header = bs.complete_streamed(data, bs.unpack_header(data[:bs.HEADER_SIZE]))
         segments = list(bs.read_segments(data, header))
+        if header.streamed:
+            seen.add("streamed")
+        if header.fec:
+            seen.add("fec")
         if len(segments) > 1:
             seen.add("several segments")
         if header.quality == 0:
@@ -66,7 +70,7 @@ def test_the_conformance_streams_use_every_mode_of_the_format(model):
             words = np.frombuffer(seg.payload, dtype="<u4").astype(np.uint32)
             groups = -(-seg.frames // 2)
             filt, decoded = dec.coder.decode_segment(words, groups, (seg.stages, h, w), (-(-h // 4), -(-w // 4)),
-                                                     seg.quality)
+                                                     seg.quality, per_group=header.fec > 0)
             if any(np.any(f) for f in filt):
                 seen.add("output filter")
             for gi, (g, m, mv, coefs, fresh) in enumerate(decoded):
@@ -83,7 +87,7 @@ def test_the_conformance_streams_use_every_mode_of_the_format(model):
                     modes.update(np.unique(fresh_modes(m)).tolist())
     assert {INTRA, SKIP, INTER, NEAR_SKIP, NEAR_INTER} <= modes
     assert {"several segments", "rate control", "odd size", "still", "output filter", "refresh", "motion",
-            "static group", "quality 8"} <= seen, seen
+            "static group", "quality 8", "streamed", "fec"} <= seen, seen
 
 
 def test_the_conformance_script_refuses_while_the_format_has_not_moved(tmp_path):

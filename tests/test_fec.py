@@ -37,14 +37,44 @@ def test_parity_bytes_follow_the_percentage():
         fec.parity_bytes(51)
 
 
-def test_fec_costs_its_percentage_and_leaves_the_segments_alone(files):
+def test_fec_costs_its_percentage_and_decodes_to_the_same_pictures(files, model):
     plain, protected = files[0], files[5]
-    assert len(protected) <= 1.055 * len(plain)
+    assert len(protected) <= 1.055 * len(plain)  # parity, a stream per group, the header's copy
     parities = bs.find_parity(protected)
     assert len(parities) >= 2 and bs.unpack_header(protected[:bs.HEADER_SIZE]).fec == 12
-    strip = lambda data: [s for s in bs.read_segments(data, bs.unpack_header(data[:bs.HEADER_SIZE]))]
-    assert strip(plain) == strip(protected)  # the same segments: FEC only adds chunks
+    assert pictures(protected, model) == pictures(plain, model)
     assert fec.repair(protected) == (protected, [])  # intact: nothing to do, nothing copied
+
+
+def test_a_segment_beyond_repair_keeps_its_groups_before_the_damage(files, model):
+    protected = files[5]
+    header = bs.unpack_header(protected[:bs.HEADER_SIZE])
+    whole = pictures(protected, model)
+    segment = bs.HEADER_SIZE  # the first segment: 4 frames, two groups
+    length = int.from_bytes(protected[segment + 16:segment + 20], "little")
+    bad = bytearray(protected)
+    at = segment + bs.SEGMENT_HEADER_SIZE + length * 3 // 4  # inside its second group's stream
+    bad[at:at + 3000] = bytes(3000)  # more than the window's parity corrects
+    fixed, report = fec.repair(bytes(bad))
+    assert length > 8000 and not report[0].repaired and report[0].segments == [0]
+    concealed = []
+    got = [f.y.tobytes() + f.u.tobytes() + f.v.tobytes()
+           for f in frames_from_bytes(bytes(bad), model, conceal=True, concealed=concealed)]
+    assert len(got) == header.frames
+    assert got[:2] == whole[:2] and got[2:4] == [whole[1]] * 2  # group 0 kept, group 1 from its last frame
+    assert concealed[0].index == 0 and concealed[0].frames == 2 and "frames 0-1 kept" in concealed[0].reason
+
+
+def test_small_files_keep_fec_within_its_budget(tmp_path, carphone, model):
+    from vqcodec.encoder import encode_file
+    for quality in (1, 4, 8):  # 2, 6 and 29 KB
+        plain = encode_file(carphone, tmp_path / "a.vqv", model=model, quality=quality, overwrite=True).bytes
+        protected = encode_file(carphone, tmp_path / "b.vqv", model=model, quality=quality, fec_pct=5,
+                                overwrite=True).bytes
+        assert protected <= 1.055 * plain, quality
+    data = (tmp_path / "b.vqv").read_bytes()  # quality 8: a window's parity cut to fit, and the header's copy
+    header = bs.unpack_header(data[:bs.HEADER_SIZE])
+    assert header.header_copy and 2 <= bs.find_parity(data)[0].nsym < header.fec
 
 
 def test_random_errors_and_a_1k_burst_are_corrected_to_the_same_pictures(files, model):

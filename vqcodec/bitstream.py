@@ -24,7 +24,8 @@ File header, 72 bytes:
    63   1  transfer characteristics (u8, H.273)
    64   1  audio streams A (u8, at most 16)
    65   1  FEC parity bytes per Reed-Solomon codeword (u8, 0: no FEC, else 2..128; fec.py)
-   66   2  reserved, 0
+   66   1  flags (u8): bit 0, the file ends with a copy of this header; other bits 0
+   67   1  reserved, 0
    68   4  CRC-32 of bytes 0..67
 
 Audio stream description, A times right after the header (their codec parameters, copied):
@@ -52,14 +53,16 @@ Parity chunk, in a file with FEC (header byte 65 > 0), after each window of chun
     0   4  magic b"VQFE"
     4   4  the window's first byte (u32, a file offset: past the header)
     8   4  the window's length L (u32)
-   12   1  parity bytes per codeword n (u8, the header's)
+   12   1  parity bytes per codeword n (u8, at most the header's: less in a small window)
    13   3  reserved, 0
    16   4  CRC-32 of the window's L bytes (intact windows need no decoding)
    20   4  CRC-32 of bytes 0..19
    24 D*n  parity: D = ceil(L / (255 - n)) codewords, byte j of the window in codeword j mod D;
            parity byte r of codeword i at 24 + r*D + i (interleaved, so a burst spreads)
  24+D*n 24  bytes 0..23 again (a second copy of the head)
-A file with FEC ends with a copy of the final header (72 bytes), before the trailer if streamed.
+A file with FEC ends with a copy of the final header (72 bytes, flag bit 0), before the trailer if
+streamed, unless the file is too small for it within its parity budget; its segments' payloads are a range-coder stream per group, each as (u32 length in words,
+u32 CRC-32 of the words, the words): a segment beyond repair keeps its groups before the damage.
 
 Trailer, only in a streamed file (frame count 0: written to a pipe, so the header could not be
 rewritten at the end), 24 bytes after the last segment:
@@ -119,7 +122,7 @@ MAX_FRAMES = 1 << 24
 MAX_SEGMENT_FRAMES = 4096
 MAX_PAYLOAD = 1 << 30
 
-_HEADER = struct.Struct("<4sHH16sIIIIIBBBBHBBIIBBBBBB2s")
+_HEADER = struct.Struct("<4sHH16sIIIIIBBBBHBBIIBBBBBBBB")
 _SEGMENT = struct.Struct("<4sIIHBBI")
 _TRAILER = struct.Struct("<4sIIII")
 _AUDIO_STREAM = struct.Struct("<4sIB")
@@ -152,6 +155,7 @@ class Header:
     streamed: bool = False  # written to a pipe: the header's counts are 0, the trailer has them
     audio_streams: int = 0
     fec: int = 0  # Reed-Solomon parity bytes per codeword (0: no FEC)
+    header_copy: bool = False  # the file ends with a copy of this header (FEC)
 
     def pack(self) -> bytes:
         frames, segments = (0, 0) if self.streamed else (self.frames, self.segments)
@@ -159,7 +163,7 @@ class Header:
                             self.fps.numerator, self.fps.denominator, frames, self.pix_fmt,
                             self.quality, self.stages, self.group_frames, self.segment_frames,
                             self.patch, 0, segments, self.bitrate, *self.colour, self.audio_streams, self.fec,
-                            bytes(2))
+                            int(self.header_copy), 0)
         return body + struct.pack("<I", zlib.crc32(body))
 
     def pack_trailer(self) -> bytes:
@@ -209,19 +213,20 @@ def unpack_header(data: bytes) -> Header:
         raise BitstreamError(f"format version {version} was written by an earlier vqcodec, never released; "
                              f"this one ({__version__}) reads format {VERSION} (re-encode the source)")
     (_, version, size, fp, w, h, fn, fd, frames, pix, q, stages, t, seg, patch, _r1, nseg, rate,
-     crange, matrix, primaries, transfer, audio, fec, _r2) = _HEADER.unpack_from(data)
+     crange, matrix, primaries, transfer, audio, fec, flags, _r2) = _HEADER.unpack_from(data)
     if zlib.crc32(data[: HEADER_SIZE - 4]) != struct.unpack_from("<I", data, HEADER_SIZE - 4)[0]:
         raise BitstreamError("header is damaged (CRC mismatch)")
     if size != HEADER_SIZE or pix not in PIX_FMTS:
         raise BitstreamError("unsupported header layout or pixel format")
     if not (0 < w <= MAX_DIM and 0 < h <= MAX_DIM and w * h <= MAX_PIXELS and fn > 0 and fd > 0 and t > 0
             and patch > 0 and stages > 0 and 0 < seg <= MAX_SEGMENT_FRAMES and seg % t == 0 and 0 <= q <= 8 and (q > 0) == (rate == 0)
-            and frames <= MAX_FRAMES and crange <= 2 and audio <= MAX_AUDIO_STREAMS and fec in FEC_PARITY_RANGE):
+            and frames <= MAX_FRAMES and crange <= 2 and audio <= MAX_AUDIO_STREAMS and fec in FEC_PARITY_RANGE and flags <= 1):
         raise BitstreamError("header has out-of-range fields")
     if nseg != -(-frames // seg):
         raise BitstreamError("header segment count does not match its frame count")
     return Header(fp, w, h, Fraction(fn, fd), frames, q, stages, t, seg, patch, nseg, pix, version, rate,
-                  (crange, matrix, primaries, transfer), streamed=(frames == 0), audio_streams=audio, fec=fec)
+                  (crange, matrix, primaries, transfer), streamed=(frames == 0), audio_streams=audio, fec=fec,
+                  header_copy=bool(flags & 1))
 
 
 def complete_streamed(data: bytes | memoryview, header: Header) -> Header:
@@ -454,6 +459,9 @@ class Damaged:
     first_frame: int
     frames: int
     reason: str
+    payload: bytes | None = None  # when only the CRC failed: what a salvage may still read
+    quality: int = 0
+    stages: int = 0
 
 
 def expected_frames(header: Header, index: int) -> tuple[int, int]:
@@ -485,16 +493,19 @@ def read_segments(data: bytes | memoryview, header: Header) -> Iterator[Segment 
             continue
         # damaged: find the next intact segment with a higher index
         reason = seg
+        salvage = _salvage_at(view, pos, header, index) if reason == "CRC mismatch" else None
         nxt = _resync(view, pos + 1, header, index)
         if nxt is None:
             for i in range(index, header.segments):
                 first, count = expected_frames(header, i)
-                yield Damaged(i, first, count, reason if i == index else "missing (file truncated or damaged)")
+                yield Damaged(i, first, count, reason if i == index else "missing (file truncated or damaged)",
+                              *(salvage if i == index and salvage else ()))
             return
         found_pos, found_index = nxt
         for i in range(index, found_index):
             first, count = expected_frames(header, i)
-            yield Damaged(i, first, count, reason if i == index else "missing")
+            yield Damaged(i, first, count, reason if i == index else "missing",
+                          *(salvage if i == index and salvage else ()))
         index, pos = found_index, found_pos
     if pos < n:
         return  # trailing bytes are ignored
@@ -520,6 +531,21 @@ def _parse_at(view: memoryview, pos: int, header: Header, index: int):
     if not (1 <= quality <= 8 and 1 <= stages <= header.stages):
         return "segment quality or VQ stages out of range"
     return Segment(idx, first, frames, bytes(view[pos + SEGMENT_HEADER_SIZE:end]), quality, stages), end
+
+
+def _salvage_at(view: memoryview, pos: int, header: Header, index: int) -> tuple[bytes, int, int] | None:
+    """(payload, quality, stages) of a segment at pos whose CRC failed but whose other fields are
+    as expected: a file with FEC codes a stream per group, each with its own CRC (entropy.py), so
+    the groups before the damage can still be read."""
+    if not header.fec or pos + SEGMENT_HEADER_SIZE > len(view):
+        return None
+    magic, idx, first, frames, quality, stages, length = _SEGMENT.unpack_from(view, pos)
+    exp_first, exp_frames = expected_frames(header, index)
+    end = pos + SEGMENT_HEADER_SIZE + length
+    if (magic != SEGMENT_MAGIC or idx != index or first != exp_first or frames != exp_frames or length % 4
+            or end > len(view) or not (1 <= quality <= 8 and 1 <= stages <= header.stages)):
+        return None
+    return bytes(view[pos + SEGMENT_HEADER_SIZE:end]), quality, stages
 
 
 def _resync(view: memoryview, start: int, header: Header, index: int):

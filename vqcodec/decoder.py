@@ -25,7 +25,7 @@ import numpy as np
 
 from . import bitstream as bs
 from . import fec, motion, postfilter
-from .entropy import EntropyCoder, first_passes
+from .entropy import EntropyCoder, GroupLost, first_passes
 from .errors import FormatError, ModelMismatch, VqvError
 from .files import atomic_output, open_output, resolve_device, stdout_binary
 from .runtime import Threads
@@ -44,8 +44,11 @@ class SegmentDecoder(Reconstruction):
         super().__init__(model, device)
         self.coder = EntropyCoder(*model.tables)
 
-    def decode(self, payload: bytes, header: bs.Header, count: int, quality: int, stages: int) -> list[Frame]:
-        """Payload -> `count` frames.  Every number is checked before it sizes an allocation."""
+    def decode(self, payload: bytes, header: bs.Header, count: int, quality: int, stages: int,
+               salvage: bool = False) -> list[Frame]:
+        """Payload -> `count` frames.  Every number is checked before it sizes an allocation.
+        `salvage` (a damaged segment of a file with FEC, whose payload is a stream per group):
+        the frames of the groups before the first damaged one, perhaps none."""
         p = self.cfg.patch
         h, w = math.ceil(header.height / p), math.ceil(header.width / p)
         groups = math.ceil(count / self.cfg.frames)
@@ -58,11 +61,18 @@ class SegmentDecoder(Reconstruction):
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         frames: list[Frame] = []
         try:
-            filt, decoded = self.coder.decode_segment(words, groups, (stages, h, w), motion.grid_shape(h, w), quality)
+            filt, decoded = self.coder.decode_segment(words, groups, (stages, h, w), motion.grid_shape(h, w), quality,
+                                                      per_group=header.fec > 0)
             for _, planes in self.reconstruct(decoded, quality):
                 frames += postfilter.filter_frames(to_frames(*(p[None] for p in planes), header.width, header.height,
                                                              min(count - len(frames), self.cfg.frames)), filt)
+        except GroupLost:
+            if salvage:
+                return frames
+            raise FormatError("a group's stream is damaged") from None
         except (ValueError, RuntimeError, AssertionError) as exc:
+            if salvage:
+                return frames
             raise FormatError(f"cannot entropy-decode payload ({exc})") from None
         return frames
 
@@ -172,6 +182,21 @@ def decoded_frames(data, header: bs.Header, coder: SegmentDecoder, *, conceal: b
                 frames = coder.decode(seg.payload, header, seg.frames, seg.quality, seg.stages)
             except FormatError as exc:
                 seg = bs.Damaged(seg.index, seg.first_frame, seg.frames, str(exc))
+        if isinstance(seg, bs.Damaged) and conceal and seg.payload is not None and header.fec:
+            kept = coder.decode(seg.payload, header, seg.frames, seg.quality, seg.stages, salvage=True)
+            if kept:  # the groups before the damage; the rest concealed from the last of them
+                frames = kept + [kept[-1]] * (seg.frames - len(kept))
+                concealed.append(bs.Damaged(seg.index, seg.first_frame + len(kept), seg.frames - len(kept),
+                                            f"{seg.reason}; frames {seg.first_frame}-{seg.first_frame + len(kept) - 1}"
+                                            " kept (the groups before the damage)"))
+                if pending:  # damaged segments before it take its first frame
+                    frames = [frames[0]] * pending + frames
+                    pending = 0
+                yield from frames
+                last = frames[-1]
+                if progress:
+                    progress(seg.frames)
+                continue
         if isinstance(seg, bs.Damaged):
             if not conceal:
                 raise FormatError(f"{src}: segment {seg.index} (frames {seg.first_frame}-"

@@ -126,6 +126,7 @@ class SegmentCoder(Reconstruction):
     def __init__(self, model: CodecModel, device: str, batch: int = DEFAULT_BATCH):
         super().__init__(model, device)
         self.batch = max(1, batch)
+        self.per_group = False  # a range-coder stream per group (files with FEC: bitstream.py)
         self.net = model.net.to(device).eval()  # the float network: the source's analysis only
         self.basis = tube_basis(self.cfg.patch, self.cfg.frames).to(device)
         self.coder = EntropyCoder(*model.tables) if model.tables is not None else None
@@ -454,7 +455,7 @@ class SegmentCoder(Reconstruction):
 
     def pack(self, sym: Symbols) -> tuple[bytes, float]:
         """(payload bytes, ideal code length in bits under the tables)."""
-        words, bits = self.coder.encode_measured(sym)
+        words, bits = self.coder.encode_measured(sym, per_group=self.per_group)
         return words.astype("<u4").tobytes(), bits
 
     def encode(self, frames: list[Frame], quality: int, progress: Progress | None = None) -> tuple[bytes, float]:
@@ -605,11 +606,12 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path | str, *, qu
         raise VqvError(f"--segment must be from {T} to {bs.MAX_SEGMENT_FRAMES} frames, got {segment_frames}")
     segment_frames = segment_frames // T * T
     coder = SegmentCoder(cm, device, batch)
+    coder.per_group = nsym > 0  # with FEC, a stream per group: a damaged segment keeps its groups before the damage
     total, est_bits, carry, audio_total = 0, 0.0, 0.0, 0
     qualities: list[int] = []
     header: bs.Header | None = None
     with open_output(dst, overwrite) as (raw, seekable):
-        out = _Chunks(raw, nsym)
+        out = _Chunks(raw, nsym, fec_pct)
         for chunk in _chunks(frames, segment_frames):
             if header is None:
                 header = bs.Header(cm.fingerprint, chunk[0].width, chunk[0].height, Fraction(fps), 0,
@@ -640,7 +642,8 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path | str, *, qu
             qualities.append(seg_quality)
             est_bits += bits
             out.write(bs.Segment(header.segments, total, len(chunk), payload, seg_quality,
-                                 stages_for_quality(seg_quality, cm.config.stages)).pack())
+                                 stages_for_quality(seg_quality, cm.config.stages)).pack(),
+                      overhead=fec.GROUP_OVERHEAD * -(-len(chunk) // T) if nsym else 0)
             header.segments += 1
             total += len(chunk)
         if header is None:
@@ -654,7 +657,8 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path | str, *, qu
             audio_total += _write_audio(out, source.take_audio(total / fps if source.limit else None))
         header.frames = total
         out.close_window()
-        if nsym:  # the header's copy (with its final counts) ends the file, before a trailer
+        header.header_copy = out.copy_fits()
+        if header.header_copy:  # the header's copy (with its final counts) ends the file, before a trailer
             out.write(replace(header, streamed=False).pack(), protect=False)
         if seekable:
             raw.seek(0)
@@ -673,29 +677,46 @@ def _write_audio(out: "_Chunks", packets: list[tuple[int, int, int, bytes]]) -> 
 
 class _Chunks:
     """Writes the file's chunks, counting bytes; with FEC, follows each window of about
-    fec.window_target bytes with its parity chunk."""
+    fec.window_target bytes with its parity chunk, its parity cut where the window is small so
+    that the file grows by at most pct + 0.5 % (fec.window_parity)."""
 
-    def __init__(self, out, nsym: int):
-        self.out, self.nsym, self.size = out, nsym, 0
+    def __init__(self, out, nsym: int, pct: int = 0):
+        self.out, self.nsym, self.pct, self.size = out, nsym, pct, 0
         self.window, self.start = bytearray(), 0
+        self.overhead = 0  # what FEC's group streams added to the open window
+        self.added = 0  # what FEC added to the file so far
 
     def header(self, data: bytes) -> None:
         self.size += self.out.write(data)
-        self.start = self.size
+        self.start = self.first_window = self.size
 
-    def write(self, data: bytes, protect: bool = True) -> int:
+    def write(self, data: bytes, protect: bool = True, overhead: int = 0) -> int:
+        """`overhead`: of these bytes, what FEC's group streams added."""
         self.size += self.out.write(data)
         if self.nsym and protect:
             self.window += data
+            self.overhead += overhead
+            self.added += overhead
             if len(self.window) >= fec.window_target(self.nsym):
-                self.close_window()
+                self.close_window(last=False)
         return len(data)
 
-    def close_window(self) -> None:
+    def close_window(self, last: bool = True) -> None:
         if self.nsym and self.window:
-            self.size += self.out.write(fec.protect(bytes(self.window), self.start, self.nsym).pack())
-            self.window = bytearray()
+            # a file of one window (a small one) keeps room for the header's copy in it
+            alone = last and self.start == self.first_window
+            n = fec.window_parity(self.nsym, len(self.window) + (bs.HEADER_SIZE if alone else 0), self.pct,
+                                  self.overhead + (bs.HEADER_SIZE if alone else 0))
+            if n:
+                written = self.out.write(fec.protect(bytes(self.window), self.start, n).pack())
+                self.size += written
+                self.added += written
+            self.window, self.overhead = bytearray(), 0
         self.start = self.size
+
+    def copy_fits(self) -> bool:
+        """Whether the header's copy keeps what FEC added within pct + 0.5 % of the file without it."""
+        return bool(self.nsym) and self.added + bs.HEADER_SIZE <= (self.pct + 0.5) / 100 * (self.size - self.added)
 
 
 FIT_SIDE = (368, 640)  # table fitting looks at centre crops of at most this size (statistics, not pictures)

@@ -104,6 +104,7 @@ range-coder stream.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -691,6 +692,68 @@ class _Adaptive:
         self.pending = []
 
 
+class GroupLost(Exception):
+    """A group's stream is damaged or missing: the groups before it decoded whole."""
+
+
+class _GroupWriter:
+    """A segment coded as one range-coder stream per group (the output filter's integers go with
+    the first): per group, its length in words (u32), the CRC-32 of its words (u32), its words.
+    What a resynchronisation point costs: those 8 bytes and a flushed stream per group."""
+
+    def __init__(self):
+        self.parts: list[np.ndarray] = []
+        self.enc = constriction.stream.queue.RangeEncoder()
+
+    def encode(self, symbols, model) -> None:
+        self.enc.encode(symbols, model)
+
+    def cut(self) -> None:
+        self.parts.append(np.asarray(self.enc.get_compressed(), dtype=np.uint32))
+        self.enc = constriction.stream.queue.RangeEncoder()
+
+    def payload_words(self) -> np.ndarray:
+        out = []
+        for w in self.parts:
+            out += [np.array([len(w), zlib.crc32(w.astype("<u4").tobytes())], dtype=np.uint32), w]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.uint32)
+
+
+class _GroupReader:
+    """Reads _GroupWriter's layout: the groups' streams in turn, up to the first that fails its CRC."""
+
+    def __init__(self, words: np.ndarray):
+        self.parts: list[np.ndarray] = []
+        pos = 0
+        while pos + 2 <= len(words):
+            n, crc = int(words[pos]), int(words[pos + 1])
+            part = words[pos + 2:pos + 2 + n]
+            if len(part) < n or zlib.crc32(part.astype("<u4").tobytes()) != crc:
+                break
+            self.parts.append(part)
+            pos += 2 + n
+        self.i = -1
+        self.advance()
+
+    def advance(self) -> None:
+        self.i += 1
+        if self.i >= len(self.parts):
+            raise GroupLost(self.i)
+        self.dec = constriction.stream.queue.RangeDecoder(self.parts[self.i])
+
+    def decode(self, model, n: int):
+        return self.dec.decode(model, n)
+
+
+def intact_groups(words: np.ndarray) -> int:
+    """How many of a per-group payload's streams (_GroupWriter) are intact before the first
+    damaged one: the groups a damaged segment's salvage decodes."""
+    try:
+        return len(_GroupReader(np.asarray(words, dtype=np.uint32)).parts)
+    except GroupLost:
+        return 0
+
+
 class EntropyCoder:
     def __init__(self, tables, mode_tables, mv_tables, coef_tables, flag_tables):
         as_np = lambda t: (t.cpu().numpy() if torch.is_tensor(t) else np.asarray(t)).astype(np.int64)
@@ -826,11 +889,13 @@ class EntropyCoder:
         depends on nothing else."""
         return self.encode_measured(sym)[0]
 
-    def encode_measured(self, sym: Symbols) -> tuple[np.ndarray, float]:
-        """(compressed words, their ideal code length in bits under the rows they were coded with)."""
-        enc = constriction.stream.queue.RangeEncoder()
+    def encode_measured(self, sym: Symbols, per_group: bool = False) -> tuple[np.ndarray, float]:
+        """(compressed words, their ideal code length in bits under the rows they were coded with).
+        `per_group`: one range-coder stream per group, each with its length and CRC (_GroupWriter),
+        so that a damaged segment keeps its groups before the damage."""
+        enc = _GroupWriter() if per_group else constriction.stream.queue.RangeEncoder()
         bits = self._code_segment(enc, sym)
-        return enc.get_compressed(), bits
+        return (enc.payload_words() if per_group else enc.get_compressed()), bits
 
     def estimate_bits(self, sym: Symbols) -> float:
         """Ideal code length (-log2 p) of a segment as encode codes it (adapted rows included),
@@ -852,6 +917,8 @@ class EntropyCoder:
                 bits += self._code_runs(enc, state, "index", keys[coded], g[coded])
             bits += self._code_coefs(enc, state, offset, kinds, hist, coefs)
             state.commit()
+            if isinstance(enc, _GroupWriter):
+                enc.cut()
         return bits
 
     def filter_bits(self, weights: np.ndarray) -> float:
@@ -905,11 +972,13 @@ class EntropyCoder:
         return bits
 
     def decode_segment(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
-                       mv_shape: tuple[int, int], quality: int):
+                       mv_shape: tuple[int, int], quality: int, per_group: bool = False):
         """A segment's words -> (its output filter (per plane (classes, width)), an iterator of its
-        groups (decode_groups))."""
+        groups (decode_groups)).  `per_group`: the words are per-group streams (_GroupWriter); the
+        iterator raises GroupLost at the first group whose stream fails its CRC."""
         self._check_quality(quality)
-        dec = constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32))
+        dec = (_GroupReader(np.asarray(words, dtype=np.uint32)) if per_group
+               else constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32)))
         return self._decode_filter(dec), self._groups(dec, quality, n_groups, shape, mv_shape)
 
     def decode_groups(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
@@ -928,6 +997,8 @@ class EntropyCoder:
         hist = np.full(h * w, NEVER, dtype=np.int64)
         state = _Adaptive(self)
         for gi in range(n_groups):
+            if gi and isinstance(dec, _GroupReader):
+                dec.advance()
             if ref is not None and self._decode_runs(dec, state, "flag", np.array([prev_static]))[0]:
                 prev_static = 0
                 modes = np.full((h, w), SKIP, dtype=np.int64)

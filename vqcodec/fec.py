@@ -32,6 +32,21 @@ def parity_bytes(pct: int) -> int:
     return 0 if pct == 0 else max(2, int(255 * pct / (100 + pct)))
 
 
+GROUP_OVERHEAD = 10  # bytes a group's own stream adds (its length and CRC, a flush): about 10.5 measured
+
+
+def window_parity(nsym: int, length: int, pct: int, overhead: int) -> int:
+    """Parity bytes per codeword for a window of `length` bytes, of which `overhead` FEC added
+    (group streams; in a file of one window, the header's copy too): the file's nominal `nsym`,
+    cut so that the window grows by at most pct + 0.5 % of what it would be without FEC; 0 (no
+    parity chunk) when not even 2 fit."""
+    allowed = (pct + 0.5) / 100 * (length - overhead) - 2 * bs.PARITY_HEAD_SIZE - overhead
+    for n in range(nsym, 1, -1):
+        if n * -(-length // (255 - n)) <= allowed:
+            return n
+    return 0
+
+
 def window_target(nsym: int) -> int:
     """Bytes after which the encoder closes a window and writes its parity."""
     return WINDOW_CODEWORDS * (255 - nsym)
@@ -133,7 +148,7 @@ def _reprotect(out: bytearray, parities: list[bs.Parity], header: bs.Header) -> 
     if head.streamed:  # the trailer too
         out[end - bs.TRAILER_SIZE:end] = final.pack_trailer()
         end -= bs.TRAILER_SIZE
-    if end - bs.HEADER_SIZE > bs.HEADER_SIZE:
+    if head.header_copy and end - bs.HEADER_SIZE > bs.HEADER_SIZE:
         out[end - bs.HEADER_SIZE:end] = dataclasses.replace(final, streamed=False).pack()
 
 
