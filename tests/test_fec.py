@@ -108,6 +108,16 @@ def test_a_burst_across_a_window_and_its_parity_head_is_corrected(files):
     assert fixed[:end] == protected[:end] and report[0].repaired
 
 
+def test_repair_makes_a_damaged_parity_chunk_whole_again(tmp_path, files, capsys):
+    # the windows are intact, so nothing needs correcting, but the file written back is the original
+    bad = bytearray(files[5])
+    for p in bs.find_parity(files[5]):
+        bad[p.at + 40] ^= 0x5A
+    (tmp_path / "bad.vqv").write_bytes(bytes(bad))
+    code, out, err = run(capsys, "repair", tmp_path / "bad.vqv", "-o", tmp_path / "fixed.vqv")
+    assert code == 0 and (tmp_path / "fixed.vqv").read_bytes() == files[5]
+
+
 def test_a_damaged_header_is_restored_from_its_copy(files, model):
     bad = bytearray(files[5])
     bad[24:32] = b"\xff" * 8  # width and height

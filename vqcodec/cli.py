@@ -48,9 +48,14 @@ YesOpt = typer.Option(False, "-y", "--yes", metavar="", help="overwrite an exist
 ThreadsOpt = typer.Option(0, "--threads", help="CPU threads (0: share the cores with other vqcodec processes)")
 
 
-def _say(line: str, to_stderr: bool) -> None:
-    """A summary: on stdout, or on stderr when stdout carries the data."""
-    typer.echo(line, err=to_stderr)
+def _report(report, output: Path) -> None:
+    """An encode's or a decode's warnings on stderr, then its summary: on stdout, or on stderr
+    when stdout carries the data."""
+    from .console import warn
+
+    for note in report.notes:
+        warn(note)
+    typer.echo(report.summary(), err=str(output) == "-")
 
 
 @app.command()
@@ -67,7 +72,7 @@ def encode(input: Path = typer.Argument(..., help="any video PyAV can open; - re
            yes: bool = YesOpt) -> None:
     """Compress a video into a .vqv file."""
     from .encoder import DEFAULT_QUALITY, encode_file
-    from .console import progress_bar, warn
+    from .console import progress_bar
     from .errors import VqvError
 
     if quality is not None and bitrate is not None:
@@ -80,9 +85,7 @@ def encode(input: Path = typer.Argument(..., help="any video PyAV can open; - re
                              model=model, device=device.value, overwrite=yes, segment_frames=segment,
                              progress=bar.advance, total=bar.total, seek=seek, frames=frames, threads=threads,
                              audio=not no_audio, fec_pct=fec)
-    for note in report.notes:
-        warn(note)
-    _say(report.summary(), str(output) == "-")
+    _report(report, output)
 
 
 @app.command()
@@ -94,14 +97,12 @@ def decode(input: Path = typer.Argument(..., help="a .vqv file; - reads standard
            yes: bool = YesOpt) -> None:
     """Decompress a .vqv file into a video (container chosen by the extension or --format)."""
     from .decoder import decode_file
-    from .console import progress_bar, warn
+    from .console import progress_bar
 
     with progress_bar("decode") as bar:
         report = decode_file(input, output, model=model, device=device.value, overwrite=yes, conceal=conceal,
                              progress=bar.advance, total=bar.total, fmt=fmt, threads=threads)
-    for note in report.notes:
-        warn(note)
-    _say(report.summary(), str(output) == "-")
+    _report(report, output)
 
 
 @app.command()
@@ -111,7 +112,7 @@ def repair(input: Path = typer.Argument(..., help="a .vqv file written with --fe
     """Correct a damaged .vqv with its parity (as par2 repair) and write it back whole."""
     from .decoder import repair_file
 
-    _say(repair_file(input, output, overwrite=yes), False)
+    typer.echo(repair_file(input, output, overwrite=yes))
 
 
 @app.command()

@@ -77,7 +77,7 @@ class SegmentDecoder(Reconstruction):
         return frames
 
 
-def _read_vqv(path: Path | str):
+def _read_vqv(path: Path | str, rewrite: bool = False):
     """(bytes or an mmap, the header with its counts): a file, or '-': standard input, read whole."""
     if str(path) == "-":
         if sys.stdin is None or sys.stdin.isatty():
@@ -85,28 +85,29 @@ def _read_vqv(path: Path | str):
         data = sys.stdin.buffer.read()
         if not data:
             raise FormatError("stdin: empty input, not a .vqv")
-        return _opened(data, "stdin")
+        return _opened(data, "stdin", rewrite)
     path = Path(path)
     if not path.exists():
         raise VqvError(f"{path}: no such file")
     if path.is_dir():
         raise VqvError(f"{path}: is a folder, not a .vqv file")
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # a FIFO or device: read it through
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device: read it through
             data = f.read()
             if not data:
                 raise FormatError(f"{path}: empty input, not a .vqv")
-            return _opened(data, path)
-        if size == 0:
+            return _opened(data, path, rewrite)
+        if st.st_size == 0:
             raise FormatError(f"{path}: empty file, not a .vqv")
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    return _opened(data, path)
+    return _opened(data, path, rewrite)
 
 
-def _opened(data, src):
+def _opened(data, src, rewrite: bool = False):
     """(data, header, repairs): a file with FEC (or whose header is damaged: it may have a copy)
-    is corrected first, as far as its parity allows (fec.py); `repairs` says what was done."""
+    is corrected first, as far as its parity allows (fec.py); `repairs` says what was done.
+    `rewrite` (repair's) also makes its parity chunks and header copy whole again."""
     repairs: list[fec.Window] = []
     try:
         needs = bs.unpack_header(bytes(data[:bs.HEADER_SIZE])).fec > 0
@@ -114,7 +115,7 @@ def _opened(data, src):
         needs = len(data) > bs.HEADER_SIZE
     try:
         if needs:
-            fixed, repairs = fec.repair(data)
+            fixed, repairs = fec.repair(data, rewrite)
             if fixed is not data:
                 _release(data)
                 data = fixed
@@ -272,20 +273,15 @@ def decode_file(src: Path | str, dst: Path | str, *, model: Path | CodecModel | 
                 writer = VideoWriter(target, Path(str(dst)), header.width, header.height, header.fps, header.colour,
                                      ext=kind)
             streams, packets = _audio(data, header)
-            if isinstance(writer, VideoWriter):
-                writer.add_audio([a.description for a in streams])
-            elif streams:
-                notes.append(f"left out {len(streams)} audio stream(s): PNG pictures hold no audio")
+            writer.add_audio([a.description for a in streams])
             try:
                 for frame in decoded_frames(data, header, coder, conceal=conceal, concealed=concealed,
                                             src=src, progress=progress, threads=pool):
-                    if packets and isinstance(writer, VideoWriter):
+                    if packets and writer.audio:
                         packets = _mux_audio(writer, packets, streams, Fraction(written + 1) / header.fps)
                     writer.write(frame)
                     written += 1
-                if isinstance(writer, VideoWriter):
-                    _mux_audio(writer, packets, streams, None)
-                    notes += writer.notes
+                _mux_audio(writer, packets, streams, None)
             except BaseException:
                 try:
                     writer.close()
@@ -293,8 +289,9 @@ def decode_file(src: Path | str, dst: Path | str, *, model: Path | CodecModel | 
                     pass
                 raise
             writer.close()
+            notes += writer.notes
         return DecodeReport(written, header.width, header.height, time.time() - t0, concealed, notes,
-                            len(streams) if isinstance(writer, VideoWriter) and not any("left out" in n for n in notes) else 0)
+                            len(writer.audio))
     finally:
         _release(data)
 
@@ -302,7 +299,7 @@ def decode_file(src: Path | str, dst: Path | str, *, model: Path | CodecModel | 
 def repair_file(src: Path | str, dst: Path | str, *, overwrite: bool = False) -> str:
     """Write `src` corrected by its parity to `dst` (as `par2 repair`); refuses, writing nothing,
     when damage remains that the parity cannot correct.  Returns what was done."""
-    data, header, repairs = _read_vqv(src)
+    data, header, repairs = _read_vqv(src, rewrite=True)
     try:
         failed = [w for w in repairs if not w.repaired]
         damaged = [d for d in bs.read_segments(data, header) if isinstance(d, bs.Damaged)]
@@ -329,7 +326,7 @@ def _audio(data, header: bs.Header) -> tuple[list[bs.AudioStream], list[bs.Audio
     return streams, list(bs.read_audio_packets(data, start))
 
 
-def _mux_audio(writer: VideoWriter, packets: list[bs.AudioPacket], streams: list[bs.AudioStream],
+def _mux_audio(writer: VideoWriter | PngWriter, packets: list[bs.AudioPacket], streams: list[bs.AudioStream],
                until: Fraction | None) -> list[bs.AudioPacket]:
     """Hands the writer the packets that start before `until` seconds (None: all); the rest back."""
     numbers = {a.number: k for k, a in enumerate(streams)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -414,13 +414,13 @@ def output_kind(path: Path, fmt: str | None = None) -> str:
     overrides the extension, and standard output ('-') is y4m unless `fmt` names another."""
     if fmt is not None:
         ext = "." + fmt.lower().lstrip(".")
-        if ext not in (".y4m", ".mkv", ".mp4", ".mov", ".avi"):
+        if ext not in VideoWriter.CODECS:
             raise VqvError(f"--format {fmt}: unknown container (use y4m, mkv, avi, mp4 or mov)")
     else:
         ext = ".y4m" if is_stdio(path) else Path(path).suffix.lower()
     if is_stdio(path) and ext not in STREAM_FORMATS:
         raise VqvError(f"-o -: standard output cannot seek back, which {ext} needs; use --format y4m, mkv or avi")
-    if ext in (".y4m", ".mkv", ".mp4", ".mov", ".avi"):
+    if ext in VideoWriter.CODECS:
         return ext
     if ext == ".png":
         return "image"
@@ -457,7 +457,7 @@ class VideoWriter:
         self.stream.pix_fmt = "yuv420p"
         cc = self.stream.codec_context  # the source's colour tags (y4m: XCOLORRANGE; containers: their own)
         cc.color_range, cc.colorspace, cc.color_primaries, cc.color_trc = colour
-        self.colour, self.fps = colour, fps
+        self.colour = colour
         self.n = 0
         self.audio: list = []  # per described stream: (output stream, its template, a transcoder or None)
         self.notes: list[str] = []
@@ -497,6 +497,10 @@ class VideoWriter:
             frames = decoder.decode(packet)
         except av.FFmpegError:
             return  # a packet its decoder refuses: a moment of silence, as a player would give
+        self._encode_audio(out, frames)
+
+    def _encode_audio(self, out, frames) -> None:
+        """Decoded audio frames re-encoded by `out` (AAC), timed by the encoder from their samples."""
         for frame in frames:
             frame.pts = None
             for p in out.encode(frame):
@@ -515,10 +519,7 @@ class VideoWriter:
             self.container.mux(packet)
         for out, _, decoder, source in self.audio:
             if decoder is not None:
-                for frame in decoder.decode(None):
-                    frame.pts = None
-                    for p in out.encode(frame):
-                        self.container.mux(p)
+                self._encode_audio(out, decoder.decode(None))
                 for p in out.encode(None):
                     self.container.mux(p)
             source.close()
@@ -530,6 +531,8 @@ class PngWriter:
 
     def __init__(self, folder: Path, single: bool = False):
         self.folder, self.single, self.n = Path(folder), single, 0
+        self.audio: list = []  # PNG pictures carry no audio (VideoWriter's interface)
+        self.notes: list[str] = []
         if not single:
             self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -545,6 +548,10 @@ class PngWriter:
             container.mux(packet)
         container.close()
         self.n += 1
+
+    def add_audio(self, descriptions: list[bytes]) -> None:
+        if descriptions:
+            self.notes.append(f"left out {len(descriptions)} audio stream(s): PNG pictures hold no audio")
 
     def close(self) -> None:
         pass
