@@ -405,3 +405,34 @@ def test_the_decoder_applies_the_segments_output_filter_and_it_brings_the_frames
     assert all(np.array_equal(a.y, b.y) and np.array_equal(a.u, b.u) and np.array_equal(a.v, b.v)
                for a, b in zip(back, filtered))
     assert sequence_quality(frames, filtered).psnr_yuv > sequence_quality(frames, plain).psnr_yuv + 0.1
+
+
+def test_coefficients_take_the_level_of_least_error_plus_bits(model):
+    # the rate-distortion quantiser against a direct search: each value's level among round-to-
+    # nearest, the one below and zero, by (error / step)^2 + RDOQ_LAMBDA x its bits in the
+    # coefficient tables, the context bucket counted from the dead-zone levels before it
+    from vqcodec.encoder import COEF_MAX, DEADZONE, RDOQ_LAMBDA, SegmentCoder
+    from vqcodec.entropy import NEVER, NNZ_BUCKET
+    from vqcodec.quantizer import scalar_quantise
+    coder = SegmentCoder(model, "cpu")
+    g = torch.Generator().manual_seed(3)
+    ustep, quality, kind = 400.0, 4, 1
+    c = torch.randn(40, 48, generator=g) * torch.linspace(900, 60, 48) * (torch.rand(40, 1, generator=g) < 0.7)
+    hist = torch.randint(0, NEVER + 1, (40,), generator=g)
+    got = coder._quantise(c, ustep, kind, quality, hist)
+    table = coder._coef_bits[quality - 1, kind]
+    dead = scalar_quantise(c, ustep, COEF_MAX, DEADZONE)
+    for i in range(40):
+        for r in range(48):
+            a = float(c[i, r].abs()) / ustep
+            near = min(int(np.floor(a + 0.5)), COEF_MAX)
+            if near == 0:
+                assert got[i, r] == 0
+                continue
+            bucket = NNZ_BUCKET[min(int((dead[i, :r] != 0).sum()), 4)]
+            sign = -1 if c[i, r] < 0 else 1
+            cost = lambda lv: (a - lv) ** 2 + RDOQ_LAMBDA * float(table[r, 4 * int(hist[i]) + bucket, COEF_MAX + sign * lv])
+            best = min((near, max(near - 1, 0), 0), key=cost)
+            assert abs(int(got[i, r])) in (near, near - 1, 0) and cost(abs(int(got[i, r]))) == pytest.approx(cost(best))
+            assert int(got[i, r]) * sign >= 0
+    assert (got != dead).any() and (got.abs() <= torch.floor(c.abs() / ustep + 0.5)).all()
