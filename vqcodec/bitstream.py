@@ -383,7 +383,7 @@ class Parity:
 
     @property
     def codewords(self) -> int:
-        return -(-self.length // (255 - self.nsym))
+        return codewords(self.length, self.nsym)
 
     def pack(self) -> bytes:
         body = _PARITY.pack(PARITY_MAGIC, self.start, self.length, self.nsym, bytes(3), self.crc)
@@ -403,8 +403,14 @@ def _parity_head_at(view: memoryview, pos: int) -> tuple[int, int, int, int] | N
     return start, length, nsym, crc
 
 
+def codewords(length: int, nsym: int) -> int:
+    """Reed-Solomon RS(255) codewords of a window of `length` bytes with `nsym` parity bytes each."""
+    return -(-length // (255 - nsym))
+
+
 def parity_size(length: int, nsym: int) -> int:
-    return 2 * PARITY_HEAD_SIZE + -(-length // (255 - nsym)) * nsym
+    """Bytes of a window's parity chunk: its head twice and the parity."""
+    return 2 * PARITY_HEAD_SIZE + codewords(length, nsym) * nsym
 
 
 def find_parity(data: bytes | memoryview) -> list[Parity]:

@@ -190,15 +190,7 @@ def decoded_frames(data, header: bs.Header, coder: SegmentDecoder, *, conceal: b
                 concealed.append(bs.Damaged(seg.index, seg.first_frame + len(kept), seg.frames - len(kept),
                                             f"{seg.reason}; frames {seg.first_frame}-{seg.first_frame + len(kept) - 1}"
                                             " kept (the groups before the damage)"))
-                if pending:  # damaged segments before it take its first frame
-                    frames = [frames[0]] * pending + frames
-                    pending = 0
-                yield from frames
-                last = frames[-1]
-                if progress:
-                    progress(seg.frames)
-                continue
-        if isinstance(seg, bs.Damaged):
+        if isinstance(seg, bs.Damaged) and not frames:
             if not conceal:
                 raise FormatError(f"{src}: segment {seg.index} (frames {seg.first_frame}-"
                                   f"{seg.first_frame + seg.frames - 1}) is damaged: {seg.reason}; "

@@ -600,10 +600,7 @@ def encode_file(src: Path | str, dst: Path | str, *, quality: int = DEFAULT_QUAL
     the one the frames' timestamps show (rate_from_timestamps), not the container's claim.
     `total` is told, before the first frame, about how many frames to expect (None: unknown).
     The source's audio streams travel as copies of their packets (`audio=False`: dropped)."""
-    try:
-        fec.parity_bytes(fec_pct)  # a bad --fec fails before the input is read
-    except ValueError as exc:
-        raise VqvError(str(exc)) from None
+    _parity_bytes(fec_pct)  # a bad --fec fails before the input is read
     with VideoSource(src, seek=seek, limit=frames, threads=threads, audio=audio) as source:
         if total:
             total(source.expected_frames)
@@ -627,10 +624,7 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path | str, *, qu
     gets a streamed header and a trailer (bitstream.py).  `fec_pct` > 0 adds about that much
     Reed-Solomon parity (fec.py) and a copy of the header at the end."""
     t0 = time.time()
-    try:
-        nsym = fec.parity_bytes(fec_pct)
-    except ValueError as exc:
-        raise VqvError(str(exc)) from None
+    nsym = _parity_bytes(fec_pct)
     device = resolve_device(device)
     if bitrate is not None and not 1 <= bitrate <= 10_000_000:
         raise VqvError(f"--bitrate must be from 1 to 10000000 kbit/s, got {bitrate:g}")
@@ -706,6 +700,14 @@ def encode_frames(frames: Iterable[Frame], fps: Fraction, dst: Path | str, *, qu
         size = out.size
     return EncodeReport(total, header.width, header.height, float(fps), size, time.time() - t0, quality, est_bits,
                         qualities, bitrate, notes, header.audio_streams, audio_total)
+
+
+def _parity_bytes(pct: int) -> int:
+    """fec.parity_bytes for --fec PCT, a bad value as the user's error."""
+    try:
+        return fec.parity_bytes(pct)
+    except ValueError as exc:
+        raise VqvError(str(exc)) from None
 
 
 def _write_audio(out: "_Chunks", packets: list[tuple[int, int, int, bytes]]) -> int:

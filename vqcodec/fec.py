@@ -14,6 +14,7 @@ Reed-Solomon coding is reedsolo's (a well-kept pure-Python codec: 0.8 MB/s encod
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from dataclasses import dataclass, field
 
@@ -40,9 +41,9 @@ def window_parity(nsym: int, length: int, pct: int, overhead: int) -> int:
     (group streams; in a file of one window, the header's copy too): the file's nominal `nsym`,
     cut so that the window grows by at most pct + 0.5 % of what it would be without FEC; 0 (no
     parity chunk) when not even 2 fit."""
-    allowed = (pct + 0.5) / 100 * (length - overhead) - 2 * bs.PARITY_HEAD_SIZE - overhead
+    allowed = (pct + 0.5) / 100 * (length - overhead) - overhead
     for n in range(nsym, 1, -1):
-        if n * -(-length // (255 - n)) <= allowed:
+        if bs.parity_size(length, n) <= allowed:
             return n
     return 0
 
@@ -52,18 +53,14 @@ def window_target(nsym: int) -> int:
     return WINDOW_CODEWORDS * (255 - nsym)
 
 
-_codecs: dict[int, reedsolo.RSCodec] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _codec(nsym: int) -> reedsolo.RSCodec:
-    if nsym not in _codecs:
-        _codecs[nsym] = reedsolo.RSCodec(nsym, nsize=255)
-    return _codecs[nsym]
+    return reedsolo.RSCodec(nsym, nsize=255)
 
 
 def protect(window: bytes, start: int, nsym: int) -> bs.Parity:
     """The parity chunk for `window`, which begins at file offset `start`."""
-    d = -(-len(window) // (255 - nsym))
+    d = bs.codewords(len(window), nsym)
     rs = _codec(nsym)
     parity = bytearray(d * nsym)
     for i in range(d):
