@@ -230,14 +230,15 @@ class VideoSource:
             try:
                 description = describe_audio(a)
                 container, template = audio_template(description)
-                container.close()
+                with container:  # PyAV 18 refuses a closed container's streams' fields
+                    time_base = template.time_base
             except (av.FFmpegError, ValueError) as exc:
                 self.notes.append(f"audio stream {a.index} ({a.codec_context.name}) cannot be copied "
                                   f"({exc.__class__.__name__}); left out")
                 continue
             self.audio.append(a)
             self.audio_descriptions.append(description)
-            self._audio_base.append(template.time_base)
+            self._audio_base.append(time_base)
         self._audio_number = {a.index: k for k, a in enumerate(self.audio)}
         self._pending: list[tuple[Fraction, int, Fraction, bytes]] = []  # (time, stream number, duration, data)
 
