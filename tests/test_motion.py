@@ -32,7 +32,7 @@ def test_symbols_and_vectors_are_inverse_and_zero_is_still():
     assert symbol(torch.tensor(RANGE + 9), torch.tensor(-RANGE - 9)) == symbol(torch.tensor(RANGE), torch.tensor(-RANGE))
 
 
-def test_whole_pixel_shifts_copy_and_half_pixels_average_exactly():
+def test_whole_pixel_shifts_copy_and_sub_pixels_take_the_interpolation_filters_exactly():
     p = _picture(32, 48)
     z = torch.zeros(32, 48, dtype=torch.long)
     # whole pixels: a copy from (row + 3, col - 2), edges repeated
@@ -40,11 +40,26 @@ def test_whole_pixel_shifts_copy_and_half_pixels_average_exactly():
     rows = (torch.arange(32) + 3).clamp(max=31)[:, None]
     cols = (torch.arange(48) - 2).clamp(min=0)[None, :]
     assert torch.equal(out, p[rows, cols])
-    # half a pixel to the right: the mean of two neighbours, exactly (no rounding anywhere)
+    # half a pixel to the right: the 8-tap half-pixel filter across (-1, 4, -11, 40, 40, -11, 4,
+    # -1) / 64, exactly (no rounding anywhere), clamped to 0..255
     half = shift(p, z, z + SUB // 2, SUB)
-    assert torch.equal(half[:, :-1], (p[:, :-1] + p[:, 1:]) / 2)
-    # chroma planes take eighths of their own pixels: the same place as the luma quarter
-    assert torch.equal(shift(p, z, z + 4, 2 * SUB), half)
+    taps = (-1, 4, -11, 40, 40, -11, 4, -1)
+    want = sum(t * p[:, k:k + 41] for k, t in enumerate(taps)) / 64  # columns 3..43, all taps inside
+    assert torch.equal(half[:, 3:44], want.clamp(0, 255))
+    # a quarter pixel down and three quarters to the right: rows filtered, then columns
+    q = shift(p, z + 1, z + 3, SUB)
+    t1, t3 = motion.LUMA_TAPS[1], motion.LUMA_TAPS[3]
+    across = sum(t * p[:, k:k + 41] for k, t in enumerate(t3))  # (32, 41), columns 3..43
+    down = sum(t * across[k:k + 25] for k, t in enumerate(t1)) / 4096  # rows 3..27
+    assert torch.equal(q[3:28, 3:44], down.clamp(0, 255))
+    # chroma planes take eighths of their own pixels: its own 4-tap filter
+    c = shift(p, z, z + 4, 2 * SUB)
+    assert torch.equal(c[:, 1:46], (sum(t * p[:, k:k + 45] for k, t in enumerate((-4, 36, 36, -4))) / 64).clamp(0, 255))
+    # a flat picture stays flat at every phase (each phase's taps sum to 64)
+    flat = torch.full((16, 16), 77.0)
+    for dy, dx in ((1, 2), (3, 3), (2, 1)):
+        assert torch.equal(shift(flat, z[:16, :16] + dy, z[:16, :16] + dx, SUB), flat)
+        assert torch.equal(shift(flat, z[:16, :16] + 2 * dy + 1, z[:16, :16] + dx, 2 * SUB), flat)
 
 
 def test_the_searchs_phases_are_the_predictors_values_at_every_quarter_pixel():

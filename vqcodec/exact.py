@@ -243,7 +243,7 @@ class ExactNet:
 
 
 def tubes(x: torch.Tensor) -> torch.Tensor:
-    """Tubes of pixel values (8-bit levels, or multiples of 1/1024 of one below 256) -> latent
+    """Tubes of pixel values (8-bit levels, or multiples of 1/65536 of one below 256) -> latent
     units, rounded: floor(16 p - 2040 + 1/2), exact in float32."""
     return x.float().mul(PIXEL_UNIT).sub_(PIXEL_ZERO).add_(0.5).floor_()
 

@@ -4,8 +4,8 @@ A group after the first may predict each block of BLOCK x BLOCK tokens from the 
 *last decoded frame*, displaced by a motion vector v per block: frame t of the group is predicted
 from that frame displaced by (t + 1) * v (constant velocity), every plane alike (chroma by half
 of it).  Vectors are in quarter luma pixels, -RANGE..RANGE per axis; positions between pixels are
-interpolated bilinearly in exact integer arithmetic (8-bit samples times weights of at most
-2**6), so every device predicts the same values; picture edges are repeated.  The blocks' edges
+interpolated by 8-tap (luma) and 4-tap (chroma) filters in exact integer arithmetic (`shift`), so
+every device predicts the same values; picture edges are repeated.  The blocks' edges
 overlap (`overlapped`): the pixels within a quarter block of an edge mix in, by a ramp of exact
 integer weights, what the neighbour across it would predict there with its own vector, so the
 seams between blocks that move differently do not reach the latent as false detail.  A vector is carried
@@ -41,60 +41,99 @@ def grid_shape(h_tokens: int, w_tokens: int) -> tuple[int, int]:
     return -(-h_tokens // BLOCK), -(-w_tokens // BLOCK)
 
 
-def _bilinear(a, b, c, d, fy, fx, n: int) -> torch.Tensor:
-    """The value at (fy / n, fx / n) between pixels a (top left), b (top right), c (bottom left)
-    and d (bottom right): ((n - fy)((n - fx) a + fx b) + fy((n - fx) c + fx d)) / n**2, integer
-    weights, every step exact (so computed in place, in any order, it is the same), one exact
-    division by n * n."""
-    gx = n - fx
-    top = (a * gx).addcmul_(b, fx)
-    return top.mul_(n - fy).addcmul_((c * gx).addcmul_(d, fx), fy).div_(n * n)
+# Sub-pixel positions are interpolated by separable filters of integer taps summing to 2**6 (the
+# DCT-based interpolation filters of HEVC: 8 taps for each quarter-pixel phase of luma, 4 for each
+# eighth-pixel phase of chroma), rows first, then columns; the result is divided by 2**12 and
+# clamped to 0..255.  Every sum is of integers below 2**24 whatever its order, so every device
+# computes the same values.  Bilinear interpolation (formats up to 15) blurred every moving block.
+LUMA_TAPS = ((0, 0, 0, 64, 0, 0, 0, 0), (-1, 4, -10, 58, 17, -5, 1, 0),
+             (-1, 4, -11, 40, 40, -11, 4, -1), (0, 1, -5, 17, 58, -10, 4, -1))
+CHROMA_TAPS = ((0, 64, 0, 0), (-2, 58, 10, -2), (-4, 54, 16, -2), (-6, 46, 28, -4),
+               (-4, 36, 36, -4), (-4, 28, 46, -6), (-2, 16, 54, -4), (-2, 10, 58, -2))
+TAP_SUM = 64
+
+
+def filter_taps(denom: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The interpolation taps (denom, taps) for positions in 1/denom pixels (4: luma, 8: chroma);
+    tap k of phase f weighs the sample k - (taps / 2 - 1) pixels from the whole position."""
+    table = {SUB: LUMA_TAPS, 2 * SUB: CHROMA_TAPS}.get(denom)
+    if table is None:
+        raise ValueError(f"no interpolation filter for 1/{denom} pixels")
+    return torch.tensor(table, device=device, dtype=dtype)
+
+
+def _interpolate(block: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
+    """Samples (N, bh + taps - 1, bw + taps - 1) around N rectangles, each rectangle's taps wy, wx
+    (N, taps) -> (N, bh, bw): rows filtered, then columns, divided by TAP_SUM**2 and clamped to
+    0..255.  Every partial sum is an integer below 2**24: exact in float32 in any order."""
+    taps = wy.shape[1]
+    bh, bw = block.shape[1] - taps + 1, block.shape[2] - taps + 1
+    across = block[:, :, :bw] * wx[:, None, None, 0]
+    for k in range(1, taps):
+        across.addcmul_(block[:, :, k:k + bw], wx[:, None, None, k])
+    out = across[:, :bh] * wy[:, None, None, 0]
+    for k in range(1, taps):
+        out.addcmul_(across[:, k:k + bh], wy[:, None, None, k])
+    return out.div_(TAP_SUM * TAP_SUM).clamp_(0, 255)
 
 
 def shift(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, denom: int) -> torch.Tensor:
     """Plane p (H, W) of integers 0..255 (as float) sampled at (row + dy/denom, col + dx/denom)
-    per pixel (dy, dx integer tensors (H, W)), bilinear, positions clamped to the plane (edges
-    repeated).  Exact: every product and sum is an integer below 2**24."""
+    per pixel (dy, dx integer tensors (H, W)), by the interpolation filter (filter_taps),
+    positions clamped to the plane (edges repeated).  The definition, pixel by pixel (tests
+    hold the fast paths to it)."""
     H, W = p.shape
+    taps = filter_taps(denom, p.device, p.dtype)
+    n = taps.shape[1]
     iy, ix = torch.div(dy, denom, rounding_mode="floor"), torch.div(dx, denom, rounding_mode="floor")
-    fy, fx = (dy - iy * denom).to(p.dtype), (dx - ix * denom).to(p.dtype)
-    m = int(max(iy.abs().max(), ix.abs().max())) + 1 if iy.numel() else 1
+    fy, fx = dy - iy * denom, dx - ix * denom
+    m = int(max(iy.abs().max(), ix.abs().max())) + n if iy.numel() else n
     wp = W + 2 * m  # a margin of repeated edges stands for clamping
     flat = F.pad(p[None, None], (m, m, m, m), mode="replicate").reshape(-1)
     at = (torch.arange(H, device=p.device)[:, None] + iy + m) * wp + torch.arange(W, device=p.device)[None, :] + ix + m
-    return _bilinear(flat.take(at), flat.take(at + 1), flat.take(at + wp), flat.take(at + wp + 1), fy, fx, denom)
+    k = torch.arange(n, device=p.device) - (n // 2 - 1)
+    samples = flat.take(at.reshape(-1, 1, 1) + k[:, None] * wp + k[None, :])  # (H W, n rows, n columns): 1 x 1 rectangles
+    return _interpolate(samples, taps[fy.reshape(-1)], taps[fx.reshape(-1)]).reshape(H, W)
 
 
 def _reach(dy: torch.Tensor, dx: torch.Tensor, denom: int) -> int:
-    """Whole pixels of margin that displacements (dy, dx) / denom read past a plane's edges."""
-    return max(int(d.abs().max()) // denom for d in (dy, dx)) + 2 if dy.numel() else 1
+    """Whole pixels of margin that displacements (dy, dx) / denom read past a plane's edges (the
+    filter's reach included)."""
+    n = 8 if denom == SUB else 4
+    return max(int(d.abs().max()) // denom for d in (dy, dx)) + n if dy.numel() else n
 
 
 def _rects(flat: torch.Tensor, m: int, height: int, top: torch.Tensor, left: torch.Tensor, dy: torch.Tensor,
            dx: torch.Tensor, size: tuple[int, int], denom: int) -> torch.Tensor:
     """Rectangles of size (bh, bw) of a plane `height` rows high, padded by repeating its edges
-    (`flat`: m rows above and below, m columns on the left, at least m + bw on the right), whose
+    (`flat`: m rows above, m + bh below, m columns on the left, at least m + bw on the right), whose
     top-left pixels are (top, left) (N,), each displaced by its (dy, dx) / denom (N,) (at most
-    m - 1 whole pixels) -> (N, bh, bw): `shift`'s values bit for bit.  Each rectangle row is read
-    as one run of bw + 1 samples (and the run below it) instead of four gathers per pixel; rows
-    past the picture's bottom repeat its last row, columns past its right edge are the caller's to
-    crop."""
+    m - taps whole pixels) -> (N, bh, bw): `shift`'s values bit for bit.  The samples of each
+    rectangle are read as bh + taps - 1 runs of bw + taps - 1; rows past the picture's bottom take
+    its last row's values, columns past its right edge are the caller's to crop."""
     bh, bw = size
+    taps = filter_taps(denom, flat.device, flat.dtype)
+    n = taps.shape[1]
     iy, ix = torch.div(dy, denom, rounding_mode="floor"), torch.div(dx, denom, rounding_mode="floor")
-    fy, fx = ((d - i * denom).to(flat.dtype)[:, None, None] for d, i in ((dy, iy), (dx, ix)))
     wp = flat.shape[1]
-    runs = torch.as_strided(flat, (flat.numel() - bw, bw + 1), (1, 1))
-    rows = (top[:, None] + torch.arange(bh, device=flat.device)[None, :]).clamp_(max=height - 1)
-    start = (rows + iy[:, None] + m) * wp + (left + ix + m)[:, None]
-    above = runs.index_select(0, start.reshape(-1)).reshape(-1, bh, bw + 1)
-    below = runs.index_select(0, (start + wp).reshape(-1)).reshape(-1, bh, bw + 1)
-    return _bilinear(above[..., :-1], above[..., 1:], below[..., :-1], below[..., 1:], fy, fx, denom)
+    runs = torch.as_strided(flat, (flat.numel() - bw - n + 2, bw + n - 1), (1, 1))
+    start_row = top.clamp(max=height - 1)  # a rectangle wholly below the picture repeats its last row
+    rows = start_row[:, None] + torch.arange(bh + n - 1, device=flat.device)[None, :]
+    start = (rows + (iy + m - (n // 2 - 1))[:, None]) * wp + (left + ix + m - (n // 2 - 1))[:, None]
+    block = runs.index_select(0, start.reshape(-1)).reshape(-1, bh + n - 1, bw + n - 1)
+    out = _interpolate(block, taps[dy - iy * denom], taps[dx - ix * denom])
+    cut = top + bh > height  # a block cut by the bottom edge: its rows below repeat the last row's values
+    if bool(cut.any()):
+        inside = (torch.arange(bh, device=flat.device)[None, :] + top[cut, None]).clamp_(max=height - 1) - start_row[cut, None]
+        out[cut] = out[cut].gather(1, inside[:, :, None].expand(-1, -1, bw))
+    return out
 
 
 def _padded(p: torch.Tensor, m: int, side: int) -> torch.Tensor:
     """Plane p with m repeated edge rows and columns, 2 * side more columns on the right (the
-    runs of blocks cut by the right edge, and their last quarter, stay inside their own row)."""
-    return F.pad(p[None, None], (m, m + 2 * side, m, m), mode="replicate")[0, 0]
+    runs of blocks cut by the right edge, and their last quarter, stay inside their own row) and
+    side more rows below (the rows of blocks cut by the bottom edge)."""
+    return F.pad(p[None, None], (m, m + 2 * side, m, m + side), mode="replicate")[0, 0]
 
 
 def _corners(hb: int, wb: int, side: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,8 +174,8 @@ def overlapped(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, side: int, d
     prediction (`shift_blocks`) with the prediction its neighbour across that edge would give it,
     ((total - sum w) * own + sum w * neighbour's) / total (overlap_weights; a block at the
     picture's edge has no neighbour there, a neighbour with the same displacement changes nothing).
-    Exact: every value is a multiple of 1 / denom**2 and every product and sum stays below 2**24,
-    so every device computes the same values.  `only` (raster block indices): those blocks alone,
+    Exact: every value is a multiple of 2**-12 / total in 0..255 and every product and sum is
+    representable in float32, so every device computes the same values.  `only` (raster block indices): those blocks alone,
     (len(only), side, side), uncropped (`_place` puts them into a plane)."""
     hb, wb = dy.shape
     top, left = _corners(hb, wb, side, p.device)
@@ -149,7 +188,8 @@ def overlapped(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, side: int, d
     r, w = len(w), w.to(device=p.device, dtype=p.dtype) / total  # w / total: a power of two, exact
     head, tail, every = slice(0, r), slice(side - r, side), slice(0, side)
     # own + sum (w / total) (theirs - own), the same value as the formula above: every term is a
-    # multiple of 2**-8 (luma) or 2**-9 (chroma) below 256 in magnitude, exact in float32
+    # multiple of 2**-16 (luma) or 2**-15 (chroma) below 256 in magnitude (24 bits at most) and
+    # every partial sum a mix of values in 0..255, exact in float32
     out = own.clone()
     # the neighbour (block offset), the pixels it overlaps (rows, columns) and its weights on them
     for (oy, ox), rows, cols, ramp in (((0, -1), every, head, w[None, :]), ((0, 1), every, tail, w.flip(0)[None, :]),
@@ -186,7 +226,7 @@ def predict(planes: tuple[torch.Tensor, ...], symbols: torch.Tensor, patch: int,
             update: tuple[tuple[torch.Tensor, ...], torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
     """The previous group's decoded planes (T, H, W), (T, H/2, W/2) x 2 (8-bit values, 0..255)
     and the vectors (Hb, Wb) -> the predicted planes of the same shapes, in pixel levels (exact
-    multiples of 1/256 for luma, 1/1024 for chroma): frame t is the last
+    multiples of 1/65536 for luma, 1/32768 for chroma): frame t is the last
     frame displaced by (t + 1) * v, each block's edges overlapped with its neighbours'
     predictions (`overlapped`).  update = (prediction, its vectors): the prediction from the same
     planes with other vectors; only the blocks the change touches are computed again (the

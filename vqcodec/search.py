@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .motion import BLOCK, RANGE, SUB, ZERO, _from_neighbour, symbol, vector
+from .motion import BLOCK, RANGE, SUB, TAP_SUM, ZERO, _from_neighbour, filter_taps, symbol, vector
 
 STILL_BIAS = 0.97         # a moving vector must beat the still one by 3 % of its difference
 NEIGHBOUR_ROUNDS = 2      # rounds of trying the neighbours' vectors after the refinement
@@ -29,17 +29,29 @@ Rate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor |
 
 def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
     """Plane r (H, W) of 8-bit values -> (SUB*SUB, H + 2 pad + 1, W + 2 pad + 1) every quarter-pixel
-    phase of it, bilinear as in `shift`, edges repeated.  Computed separably, horizontal weights
-    first, in `_bilinear`'s order of operations: the same exact integers, then one exact division
-    by a power of two, so the values are bit for bit `_bilinear`'s."""
-    rp = F.pad(r[None, None], (pad, pad + 2, pad, pad + 2), mode="replicate")[0, 0]
-    left, right = rp[:, :-1], rp[:, 1:]
-    across = [(SUB - fx) * left + fx * right for fx in range(SUB)]  # (H + 2 pad + 2, W + 2 pad + 1) each
-    out = torch.empty(SUB, SUB, rp.shape[0] - 1, rp.shape[1] - 1, dtype=rp.dtype, device=rp.device)
+    phase of it, as `motion.shift` interpolates, edges repeated: the plane filtered across by each
+    phase's taps, then down (integers below 2**24: the same exact values in any order), divided by
+    TAP_SUM**2 and clamped, so the values are bit for bit `shift`'s."""
+    taps = filter_taps(SUB, r.device, r.dtype)
+    n = taps.shape[1]
+    a, b = pad + n // 2 - 1, pad + n // 2 + 1
+    rp = F.pad(r[None, None], (a, b, a, b), mode="replicate")[0, 0]
+    H, W = rp.shape[0] - n + 1, rp.shape[1] - n + 1
+    across = []
+    for fx in range(SUB):
+        h = rp[:, :W] * taps[fx, 0]
+        for k in range(1, n):
+            if taps[fx, k]:
+                h.add_(rp[:, k:k + W], alpha=float(taps[fx, k]))
+        across.append(h)
+    out = torch.empty(SUB, SUB, H, W, dtype=rp.dtype, device=rp.device)
     for fy in range(SUB):
         for fx, h in enumerate(across):
-            torch.add((SUB - fy) * h[:-1], h[1:], alpha=fy, out=out[fy, fx])
-    return out.div_(SUB * SUB).reshape(SUB * SUB, *out.shape[2:])
+            o = torch.mul(h[:H], taps[fy, 0], out=out[fy, fx])
+            for k in range(1, n):
+                if taps[fy, k]:
+                    o.add_(h[k:k + H], alpha=float(taps[fy, k]))
+    return out.div_(TAP_SUM * TAP_SUM).clamp_(0, 255).reshape(SUB * SUB, H, W)
 
 
 def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None = None, lam: float = 0.0,
