@@ -252,6 +252,31 @@ def test_a_scene_cut_is_coded_afresh_and_decodes_exactly(carphone_frames, model)
     theirs = list(coder.reconstruct(decoded, 4))
     assert all(torch.equal(z, b[0]) for z, b in zip(latents, theirs))
 
+def test_a_cut_that_a_coarse_step_would_code_inter_is_coded_afresh_where_that_costs_less(carphone_frames, model,
+                                                                                       monkeypatch):
+    # at q2 the picture turned upside down is mostly coded inter from a bad prediction (under half
+    # of its tokens intra), so the intra share alone did not see the cut: the encoder now also
+    # decides such a group as a fresh one and takes the cheaper coding
+    from vqcodec import encoder
+    from vqcodec.codec import SegmentCoder
+    from vqcodec.reconstruct import to_frames
+    flip = lambda f: type(f)(f.y[::-1].copy(), f.u[::-1].copy(), f.v[::-1].copy())
+    frames = carphone_frames[:6] + [flip(f) for f in carphone_frames[6:12]]
+    coder = SegmentCoder(model, "cpu")
+    shape = coder.grid(frames)
+    out = {}
+    for try_from in (1.0, encoder.REFRESH_TRY):  # 1.0: the intra share alone decides
+        monkeypatch.setattr(encoder, "REFRESH_TRY", try_from)
+        latents = []
+        sym = coder.decide(coder.analyse(frames), 2, shape, latents)
+        back = [f for z in latents for f in to_frames(*(p[None] for p in coder.planes(z, shape)), 176, 144, 2)]
+        out[try_from] = sym.fresh.tolist(), coder.coder.estimate_bits(sym), sequence_quality(frames, back).psnr_yuv
+    (old_fresh, old_bits, old_psnr), (fresh, bits, psnr) = out[1.0], out[encoder.REFRESH_TRY]
+    assert old_fresh == [True] + [False] * 5  # the share alone misses it
+    assert fresh == [True, False, False, True, False, False]
+    assert bits < 0.9 * old_bits and psnr > old_psnr - 0.1, (bits, old_bits, psnr, old_psnr)
+
+
 def test_a_static_scene_costs_almost_nothing_after_its_first_group(tmp_path, carphone_frames, model):
     from vqcodec.codec import SegmentCoder
     from vqcodec.entropy import SKIP

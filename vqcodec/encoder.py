@@ -100,6 +100,12 @@ MV_LAMBDA = 0.25
 # A later group where more than this share of the tokens choose INTRA (a scene cut) is coded as
 # a segment's first group instead (fresh): spatial prediction only, every context afresh, no vectors.
 REFRESH = 0.5
+# Above REFRESH_TRY (and up to REFRESH) the group is also decided as a fresh one and coded so where
+# that costs less distortion + lambda x bits: at coarse steps a scene cut's new content is cheaper
+# coded inter from a bad prediction than as a later group's intra tokens, so the intra share alone
+# missed cuts (bikes' at q2: 29 % of the tokens intra, its group costing more than at q3).  Ordinary
+# groups measured up to 19 % (carphone q7), where the trial never won.
+REFRESH_TRY = 0.2
 BITS_PER_INDEX = 5.0  # rate of an index before a model has tables (while they are fitted)
 # The analysis network is not the synthesis' inverse: synthesis(analysis(x)) is only 43.1 dB from
 # x on carphone (50.0 on bigbuckbunny, 58.1 on bikes), a ceiling every moving block paid again in
@@ -332,7 +338,7 @@ class SegmentCoder(Reconstruction):
             idx = self.net.quantizer.encode(z, stages, self.exact.codebooks)  # the exact codebooks the decoder adds
             z_vq = self.exact.vq(idx)
             first = z_prev is None
-            mv, fresh = still, first
+            mv, fresh, trial = still, first, None
             # every group after the first (a refresh too) takes the step, the lambda and the
             # coefficient tables of the next quality down
             gq = group_quality(quality, first)
@@ -359,10 +365,16 @@ class SegmentCoder(Reconstruction):
                 best[still_tok] = SKIP
                 if self._flag_bits is not None:
                     self._skip_blocks(best, costs, d_skip, lam, prev_changed, mv, shape)
-                fresh = float((best == INTRA).float().mean()) > REFRESH  # a new scene: code it afresh
+                share = float((best == INTRA).float().mean())
+                fresh = share > REFRESH  # a new scene: code it afresh
+                if not fresh and share > REFRESH_TRY:  # perhaps one: the cheaper of the two codings
+                    trial = self._decide_fresh(z, idx, z_vq, c_intra, gq, shape)
+                    fresh = bool(trial[4] < costs.gather(0, best[None]).sum())
             if fresh:  # a first group, or a refresh: spatial prediction only, every context afresh
                 mv, prev_mv, moved, prev_changed = still, None, None, None
-                mode, coefs, z_prev, ref = self._decide_fresh(z, idx, z_vq, c_intra, gq, shape)
+                if trial is None:
+                    trial = self._decide_fresh(z, idx, z_vq, c_intra, gq, shape)
+                mode, coefs, z_prev, ref = trial[:4]
                 hist = self.history(coefs)
             else:
                 prev_mv = mv
@@ -433,7 +445,8 @@ class SegmentCoder(Reconstruction):
                       quality: int, shape: tuple[int, int]):
         """A fresh group's choices: pass-0 tokens INTRA; each later pass's token, pass by pass, the
         mode of least distortion + lambda x bits against its spatial prediction.  -> (modes, coefficients,
-        latent, each token's reference indices for the next group's index contexts)."""
+        latent, each token's reference indices for the next group's index contexts, the group's
+        distortion + lambda x bits as the choices estimate it, vectors and flags aside)."""
         step = step_for_quality(quality)
         ustep = step * LATENT_UNIT
         lam = LAMBDA * ustep * ustep  # x 0.25 .. 2 measured the same (BENCHMARKS.md)
@@ -445,6 +458,11 @@ class SegmentCoder(Reconstruction):
         rec = self.rebuild(z_vq, None, None, c_intra, step)
         r_intra = self._coef_rate(c_intra, 0, quality, never)
         d_intra = ((z - rec) ** 2).sum(1)
+        first = self._pass_tokens(shape, 0)
+        rows = 0 if self.coder is None else torch.from_numpy(
+            first_index_keys(g, mode.reshape(shape).cpu().numpy(), self.coder.codes, 0).reshape(S, N)
+            % index_rows(self.coder.codes)).to(self.device)[:, first]
+        cost = (d_intra[first] + lam * (self._index_rate(idx[:, first], rows) + r_intra[first])).sum()
         for p in range(1, FRESH_PASSES):  # each pass's tokens only (1/64 .. 1/2 of them)
             at = self._pass_tokens(shape, p)
             pred, src = self.spatial_prediction(rec, shape, at), z[at]
@@ -461,12 +479,13 @@ class SegmentCoder(Reconstruction):
                 ctx = torch.from_numpy(fresh_mode_contexts(m).reshape(-1)).to(self.device)[at]
                 costs += lam * self._mode_bits[ctx].t()
             choice = costs.argmin(0)
+            cost += costs.gather(0, choice[None]).sum()
             mode[at] = choice
             coefs[at] = torch.where((choice == INTER)[:, None], c_inter,
                                     torch.where((choice == SKIP)[:, None], 0, coefs[at]))
             rec = self.fresh_pass(rec, z_vq, mode, coefs, step, shape, p, pred)
         ref = torch.from_numpy(first_refs(g, mode.reshape(shape).cpu().numpy()).reshape(S, N)).to(self.device)
-        return mode, coefs, rec, ref
+        return mode, coefs, rec, ref, float(cost)
 
     def _skip_blocks(self, best: torch.Tensor, costs: torch.Tensor, d_skip: torch.Tensor, lam: float,
                      prev_changed: torch.Tensor | None, mv: torch.Tensor, shape: tuple[int, int]) -> None:
