@@ -17,6 +17,8 @@ reads (`predict`), and imports nothing of the search.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -53,13 +55,19 @@ CHROMA_TAPS = ((0, 64, 0, 0), (-2, 58, 10, -2), (-4, 54, 16, -2), (-6, 46, 28, -
 TAP_SUM = 64
 
 
-def filter_taps(denom: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """The interpolation taps (denom, taps) for positions in 1/denom pixels (4: luma, 8: chroma);
-    tap k of phase f weighs the sample k - (taps / 2 - 1) pixels from the whole position."""
+def taps_table(denom: int) -> tuple[tuple[int, ...], ...]:
+    """The interpolation taps, a row per phase, for positions in 1/denom pixels (4: luma, 8:
+    chroma); tap k of phase f weighs the sample k - (taps / 2 - 1) pixels from the whole position."""
     table = {SUB: LUMA_TAPS, 2 * SUB: CHROMA_TAPS}.get(denom)
     if table is None:
         raise ValueError(f"no interpolation filter for 1/{denom} pixels")
-    return torch.tensor(table, device=device, dtype=dtype)
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def filter_taps(denom: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """taps_table(denom) as a (denom, taps) tensor, made once per device (read only)."""
+    return torch.tensor(taps_table(denom), device=device, dtype=dtype)
 
 
 def _interpolate(block: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torch.Tensor:
@@ -99,7 +107,7 @@ def shift(p: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, denom: int) -> to
 def _reach(dy: torch.Tensor, dx: torch.Tensor, denom: int) -> int:
     """Whole pixels of margin that displacements (dy, dx) / denom read past a plane's edges (the
     filter's reach included)."""
-    n = 8 if denom == SUB else 4
+    n = len(taps_table(denom)[0])
     return max(int(d.abs().max()) // denom for d in (dy, dx)) + n if dy.numel() else n
 
 

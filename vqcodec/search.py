@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .motion import BLOCK, RANGE, SUB, TAP_SUM, ZERO, _from_neighbour, filter_taps, symbol, vector
+from .motion import BLOCK, RANGE, SUB, TAP_SUM, ZERO, _from_neighbour, symbol, taps_table, vector
 
 STILL_BIAS = 0.97         # a moving vector must beat the still one by 3 % of its difference
 NEIGHBOUR_ROUNDS = 2      # rounds of trying the neighbours' vectors after the refinement
@@ -32,25 +32,26 @@ def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
     phase of it, as `motion.shift` interpolates, edges repeated: the plane filtered across by each
     phase's taps, then down (integers below 2**24: the same exact values in any order), divided by
     TAP_SUM**2 and clamped, so the values are bit for bit `shift`'s."""
-    taps = filter_taps(SUB, r.device, r.dtype)
-    n = taps.shape[1]
+    taps = taps_table(SUB)
+    n = len(taps[0])
     a, b = pad + n // 2 - 1, pad + n // 2 + 1
     rp = F.pad(r[None, None], (a, b, a, b), mode="replicate")[0, 0]
     H, W = rp.shape[0] - n + 1, rp.shape[1] - n + 1
+    terms = [[(k, t) for k, t in enumerate(phase) if t] for phase in taps]  # each phase's non-zero taps
     across = []
-    for fx in range(SUB):
-        h = rp[:, :W] * taps[fx, 0]
-        for k in range(1, n):
-            if taps[fx, k]:
-                h.add_(rp[:, k:k + W], alpha=float(taps[fx, k]))
+    for nonzero in terms:  # (H + n - 1, W) each
+        (k, t), rest = nonzero[0], nonzero[1:]
+        h = rp[:, k:k + W] * t
+        for k, t in rest:
+            h.add_(rp[:, k:k + W], alpha=t)
         across.append(h)
     out = torch.empty(SUB, SUB, H, W, dtype=rp.dtype, device=rp.device)
-    for fy in range(SUB):
+    for fy, nonzero in enumerate(terms):
+        (k, t), rest = nonzero[0], nonzero[1:]
         for fx, h in enumerate(across):
-            o = torch.mul(h[:H], taps[fy, 0], out=out[fy, fx])
-            for k in range(1, n):
-                if taps[fy, k]:
-                    o.add_(h[k:k + H], alpha=float(taps[fy, k]))
+            o = torch.mul(h[k:k + H], t, out=out[fy, fx])
+            for k2, t2 in rest:
+                o.add_(h[k2:k2 + H], alpha=t2)
     return out.div_(TAP_SUM * TAP_SUM).clamp_(0, 255).reshape(SUB * SUB, H, W)
 
 
