@@ -272,6 +272,23 @@ def test_blocks_take_their_neighbours_vectors_where_those_cost_less(monkeypatch)
     assert with_neighbours.sum() < 0.6 * alone.sum()
 
 
+def test_blocks_try_the_vector_the_coder_predicts_for_them():
+    # a flat picture: every vector predicts it alike, so bits alone decide; the rate model's
+    # predicted vector (10, -9 pixels: beyond any refinement's reach) costs nothing, any other 8 bits
+    h, w = 64, 96
+    flat = torch.full((2, h, w), 0.5)
+    target = (torch.tensor(10 * SUB), torch.tensor(-9 * SUB))
+
+    def rate(dy, dx, fy=None, fx=None):
+        return torch.where((dy == target[0]) & (dx == target[1]), 0.0, 8.0)
+
+    rate.predicted = lambda fy, fx: (torch.full_like(fy, 10 * SUB), torch.full_like(fx, -9 * SUB))
+    found = search(flat, flat, 4, rate, 1.0)
+    assert (found == symbol(*target)).all()
+    blind = search(flat, flat, 4, lambda dy, dx, fy=None, fx=None: rate(dy, dx), 1.0)
+    assert not (blind == symbol(*target)).any()
+
+
 def test_vectors_out_of_the_decoders_range_are_refused():
     from vqcodec.entropy import EntropyCoder, _Adaptive
     from vqcodec.tablefit import fit_tables, new_counts

@@ -280,14 +280,17 @@ class SegmentCoder(Reconstruction):
         # from the field, pass A's from the previous group
         seen: list = [None, None, None]
 
-        def rate(dy, dx, fy=None, fx=None):
-            if fy is None:
-                return bits(dy, dx, py, px, ky)
+        def in_field(fy, fx):  # each block's prediction and context in the field (fy, fx)
             if seen[0] is not fy or seen[1] is not fx:  # a new round of the search: the field moved
                 field = motion.symbol(fy, fx).cpu().numpy()
                 seen[:] = fy, fx, [torch.where(pass_b, torch.from_numpy(t).to(self.device), a)
                                    for t, a in zip(mv_neighbours(field, *temporal), (py, px, ky))]
-            return bits(dy, dx, *seen[2])
+            return seen[2]
+
+        def rate(dy, dx, fy=None, fx=None):
+            return bits(dy, dx, py, px, ky) if fy is None else bits(dy, dx, *in_field(fy, fx))
+
+        rate.predicted = lambda fy, fx: tuple(in_field(fy, fx)[:2])  # the vector that costs least
         return rate
 
     def _predict(self, z_prev: torch.Tensor, recon: tuple[torch.Tensor, ...], planes: tuple[torch.Tensor, ...],

@@ -5,7 +5,8 @@ against its own prediction (each block's own, without the overlap), plus lambda 
 coarse to fine: every whole-pixel vector at quarter resolution on the first frame, then from
 the best of that, no motion and the caller's guess: +-2 and +-1 whole pixels, +-1/2 and +-1/4
 pixel at full resolution, read from the reference's 16 precomputed quarter-pixel phases; then,
-twice, each block tries the vectors its four neighbours ended with, then +-1/2 and +-1/4 pixel
+twice, each block tries the vectors its four neighbours ended with and the one the rate model
+predicts for it (the cheapest to code), then +-1/2 and +-1/4 pixel
 around its best again; the still vector is kept unless a moving one beats it by 3 %); the
 decoder only applies the vectors it reads.  Nothing here touches the entropy coder: the rate
 model is a function passed in.
@@ -23,7 +24,9 @@ STILL_BIAS = 0.97         # a moving vector must beat the still one by 3 % of it
 NEIGHBOUR_ROUNDS = 2      # rounds of trying the neighbours' vectors after the refinement
 
 # (dy, dx) per block, and the field (vy, vx) the search holds now (None in its coarse stage) -> bits
-# per block: a vector's code length may depend on the other blocks' (those it is predicted from)
+# per block: a vector's code length may depend on the other blocks' (those it is predicted from).
+# A rate model may also carry `predicted(vy, vx)` -> (py, px): each block's predicted vector in
+# that field (what its code length is measured from), which the search then tries as a candidate.
 Rate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
 
 
@@ -149,6 +152,7 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     # same field objects for the whole round, so the caller may work out what depends on it once)
     field = [vy, vx]
     bits = (lambda ty, tx: lam * rate(ty, tx, *field)) if rate is not None else (lambda ty, tx: 0)
+    predicted = getattr(rate, "predicted", None)
     zero = torch.zeros_like(vy)
     c0, r0 = cost(zero, zero), bits(zero, zero)
     still = c0 * STILL_BIAS + r0
@@ -187,6 +191,9 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
         fy, fx = field[:] = vy, vx
         for dy, dx in ((0, -1), (0, 1), (-1, 0), (1, 0)):  # left, right, above, below
             ty, tx = _from_neighbour(fy, dy, dx), _from_neighbour(fx, dy, dx)
+            keep(cost(ty, tx) + bits(ty, tx), ty, tx)
+        if predicted is not None:  # and the vector the coder predicts for it in that field
+            ty, tx = predicted(fy, fx)
             keep(cost(ty, tx) + bits(ty, tx), ty, tx)
     refine((SUB // 2, SUB // 4))  # 4. the half and quarter pixels around what the blocks now hold
     return torch.where(still <= best, ZERO, symbol(vy, vx))
