@@ -404,7 +404,7 @@ def test_the_searchs_vector_rate_is_the_coders_own_code_length(model):
     coder = SegmentCoder(model, "cpu")
     shape = (3, 4)
     prev = torch.full(shape, motion.ZERO)
-    rate = coder._mv_rate(prev, shape)
+    rate, predicted = coder._mv_rate(prev, shape)
     bits = torch.from_numpy(coder.coder.mv_bits).float()
     dy, dx = torch.full(shape, 12), torch.full(shape, -20)
     a = bits[0, 12 + MV_MAX] + bits[MV_Y_CONTEXTS + 1, -20 + MV_MAX]  # from still: both differ
@@ -413,6 +413,8 @@ def test_the_searchs_vector_rate_is_the_coders_own_code_length(model):
     pass_b = torch.from_numpy(mv_pass_b(shape))
     assert torch.allclose(got[~pass_b], a.expand(6)) and torch.allclose(got[pass_b], b.expand(6))
     assert torch.allclose(rate(dy, dx, None, None), a.expand(shape))  # no field: every block as pass A
+    py, px = predicted(dy, dx)  # what the rate is measured from: pass A the previous (still), pass B the field's
+    assert torch.equal(py, torch.where(pass_b, dy, 0)) and torch.equal(px, torch.where(pass_b, dx, 0))
 
 
 def test_the_decoder_applies_the_segments_output_filter_and_it_brings_the_frames_closer(tmp_path, carphone_frames, model):

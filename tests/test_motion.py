@@ -282,10 +282,10 @@ def test_blocks_try_the_vector_the_coder_predicts_for_them():
     def rate(dy, dx, fy=None, fx=None):
         return torch.where((dy == target[0]) & (dx == target[1]), 0.0, 8.0)
 
-    rate.predicted = lambda fy, fx: (torch.full_like(fy, 10 * SUB), torch.full_like(fx, -9 * SUB))
-    found = search(flat, flat, 4, rate, 1.0)
+    predicted = lambda fy, fx: (torch.full_like(fy, 10 * SUB), torch.full_like(fx, -9 * SUB))
+    found = search(flat, flat, 4, rate, 1.0, predicted=predicted)
     assert (found == symbol(*target)).all()
-    blind = search(flat, flat, 4, lambda dy, dx, fy=None, fx=None: rate(dy, dx), 1.0)
+    blind = search(flat, flat, 4, rate, 1.0)
     assert not (blind == symbol(*target)).any()
 
 

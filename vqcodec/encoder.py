@@ -252,13 +252,15 @@ class SegmentCoder(Reconstruction):
         return table.take(at.add_(c)).sum(1)
 
     # -- reconstruction --------------------------------------------------------------------------
-    def _mv_rate(self, prev_mv: torch.Tensor | None, shape: tuple[int, int]) -> search.Rate | None:
+    def _mv_rate(self, prev_mv: torch.Tensor | None,
+                 shape: tuple[int, int]) -> tuple[search.Rate | None, search.Predicted | None]:
         """entropy.mv_symbols' code length on the device: (dy, dx) per block -> bits, given the
         previous group's vectors (None: the segment's second group) and the field the search holds
         (a pass-B block is predicted from its pass-A neighbours' there; without a field, as a pass-A
-        block is)."""
+        block is); and each block's predicted vector in a field.  (None, None) before the model has
+        tables."""
         if self._mv_bits is None:
-            return None
+            return None, None
         if prev_mv is None:
             py = px = torch.zeros(shape, dtype=torch.long, device=self.device)
             ky = torch.full(shape, 2, dtype=torch.long, device=self.device)
@@ -290,8 +292,7 @@ class SegmentCoder(Reconstruction):
         def rate(dy, dx, fy=None, fx=None):
             return bits(dy, dx, py, px, ky) if fy is None else bits(dy, dx, *in_field(fy, fx))
 
-        rate.predicted = lambda fy, fx: tuple(in_field(fy, fx)[:2])  # the vector that costs least
-        return rate
+        return rate, lambda fy, fx: tuple(in_field(fy, fx)[:2])
 
     def _predict(self, z_prev: torch.Tensor, recon: tuple[torch.Tensor, ...], planes: tuple[torch.Tensor, ...],
                  shape: tuple[int, int], still: torch.Tensor, prev_mv: torch.Tensor | None,
@@ -303,8 +304,9 @@ class SegmentCoder(Reconstruction):
         active = motion.block_sums((~still).float(), shape) > 0  # the others stand still whatever the search finds
         if not bool(active.any()):  # a still group (a static scene): nothing to search
             return torch.full(active.shape, motion.ZERO, dtype=torch.long, device=self.device), z_prev
-        mv = search.search(planes[0], recon[0] / 255.0, self.cfg.patch, self._mv_rate(prev_mv, motion.grid_shape(*shape)),
-                           MV_LAMBDA * 255.0 * step, prev_mv, active)
+        rate, predicted = self._mv_rate(prev_mv, motion.grid_shape(*shape))
+        mv = search.search(planes[0], recon[0] / 255.0, self.cfg.patch, rate, MV_LAMBDA * 255.0 * step, prev_mv, active,
+                           predicted)
         if not bool((mv != motion.ZERO).any()):
             return mv, z_prev
         pred = motion.predict(recon, mv, self.cfg.patch)

@@ -24,10 +24,11 @@ STILL_BIAS = 0.97         # a moving vector must beat the still one by 3 % of it
 NEIGHBOUR_ROUNDS = 2      # rounds of trying the neighbours' vectors after the refinement
 
 # (dy, dx) per block, and the field (vy, vx) the search holds now (None in its coarse stage) -> bits
-# per block: a vector's code length may depend on the other blocks' (those it is predicted from).
-# A rate model may also carry `predicted(vy, vx)` -> (py, px): each block's predicted vector in
-# that field (what its code length is measured from), which the search then tries as a candidate.
+# per block: a vector's code length may depend on the other blocks' (those it is predicted from)
 Rate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
+# the field (vy, vx) -> each block's predicted vector (py, px) in it, what the rate model measures
+# its code length from (the cheapest vector to code)
+Predicted = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
@@ -59,7 +60,8 @@ def _phases(r: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None = None, lam: float = 0.0,
-           guess: torch.Tensor | None = None, active: torch.Tensor | None = None) -> torch.Tensor:
+           guess: torch.Tensor | None = None, active: torch.Tensor | None = None,
+           predicted: Predicted | None = None) -> torch.Tensor:
     """Best vector symbol per block: src luma (T, H, W) of the group, ref luma (T, H, W) of the
     previous group's decoded frames, in [0, 1] (H, W multiples of patch) -> (Hb, Wb) long.
     A vector's cost is the sum over the group's frames t of the absolute differences between
@@ -69,9 +71,10 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     round began: where pictures match about as well anywhere, the cheapest vector wins).  `guess` (Hb, Wb): vector
     symbols tried as a second start for the refinement (the caller's prediction).  `active` (Hb, Wb):
     the blocks to search; the others take the still vector without one (and stand still in the
-    field the others' rates and neighbour candidates see)."""
+    field the others' rates and neighbour candidates see).  `predicted`: the rate model's predicted
+    vectors, tried in each neighbour round."""
     if not lam:
-        rate = None
+        rate = predicted = None
     side = BLOCK * patch
     H, W = src.shape[1:]
     hb, wb = -(-H // side), -(-W // side)
@@ -152,7 +155,6 @@ def search(src: torch.Tensor, ref: torch.Tensor, patch: int, rate: Rate | None =
     # same field objects for the whole round, so the caller may work out what depends on it once)
     field = [vy, vx]
     bits = (lambda ty, tx: lam * rate(ty, tx, *field)) if rate is not None else (lambda ty, tx: 0)
-    predicted = getattr(rate, "predicted", None)
     zero = torch.zeros_like(vy)
     c0, r0 = cost(zero, zero), bits(zero, zero)
     still = c0 * STILL_BIAS + r0
