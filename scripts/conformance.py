@@ -56,6 +56,8 @@ def streams(frames: list[Frame]) -> dict[str, dict]:
     return {
         "pan_q5": dict(frames=[_pan(first, k) for k in range(8)] + frames[:8], options=dict(quality=5, segment_frames=16),
                        covers="a fresh group, later groups with motion (a pan), every token mode, the output filter"),
+        "pan_q2": dict(frames=[_pan(first, 3 * k) for k in range(8)], options=dict(quality=2, segment_frames=8),
+                       covers="a pan at a coarse step: vectors on the coarse grid (one per 2 x 2 blocks)"),
         "cut_static_q3": dict(frames=frames[:4] + [_other_scene(f) for f in frames[4:8]] + [frames[8]] * 6,
                               options=dict(quality=3, segment_frames=16),
                               covers="a scene cut coded afresh (refresh), then static groups"),

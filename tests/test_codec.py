@@ -463,3 +463,28 @@ def test_coefficients_take_the_level_of_least_error_plus_bits(model):
             assert abs(int(got[i, r])) in (near, near - 1, 0) and cost(abs(int(got[i, r]))) == pytest.approx(cost(best))
             assert int(got[i, r]) * sign >= 0
     assert (got != dead).any() and (got.abs() <= torch.floor(c.abs() / ustep + 0.5)).all()
+
+
+def test_a_pan_at_a_coarse_step_sends_one_vector_per_cell_where_that_costs_less(carphone_frames, model, monkeypatch):
+    # a pan moves every block alike: at quality 2 one vector per 2 x 2 blocks predicts as well for
+    # a quarter of the vectors, so the encoder takes the coarse grid, and the decoder follows it
+    from vqcodec import entropy
+    from vqcodec.codec import SegmentCoder
+    from vqcodec.reconstruct import to_frames
+    pan = lambda f, k: type(f)(np.roll(f.y, -4 * k, 1), np.roll(f.u, -2 * k, 1), np.roll(f.v, -2 * k, 1))
+    frames = [pan(carphone_frames[0], k) for k in range(8)]
+    coder = SegmentCoder(model, "cpu")
+    shape = coder.grid(frames)
+    out = {}
+    for allowed in (0, entropy.COARSE_VECTORS):
+        monkeypatch.setattr(entropy, "COARSE_VECTORS", allowed)
+        latents = []
+        sym = coder.decide(coder.analyse(frames), 2, shape, latents)
+        back = [f for z in latents for f in to_frames(*(p[None] for p in coder.planes(z, shape)), 176, 144, 2)]
+        out[allowed] = sym, coder.coder.estimate_bits(sym), sequence_quality(frames, back).psnr_yuv, latents
+    (fine, fine_bits, fine_psnr, _), (sym, bits, psnr, latents) = out[0], out[entropy.COARSE_VECTORS]
+    assert not fine.grids.any() and sym.grids[1:].all()
+    assert bits < 0.99 * fine_bits and psnr > fine_psnr - 0.1, (bits, fine_bits, psnr, fine_psnr)
+    G = len(sym.indices)
+    decoded = coder.coder.decode_groups(coder.coder.encode(sym), G, sym.indices.shape[1:], sym.vectors.shape[1:], 2)
+    assert all(torch.equal(z, b[0]) for z, b in zip(latents, coder.reconstruct(decoded, 2)))

@@ -69,8 +69,9 @@ def test_the_conformance_streams_use_every_mode_of_the_format(model):
             seen.add(f"quality {seg.quality}")
             words = np.frombuffer(seg.payload, dtype="<u4").astype(np.uint32)
             groups = -(-seg.frames // 2)
+            grids = []
             filt, decoded = dec.coder.decode_segment(words, groups, (seg.stages, h, w), (-(-h // 4), -(-w // 4)),
-                                                     seg.quality, per_group=header.fec > 0)
+                                                     seg.quality, per_group=header.fec > 0, grids=grids)
             if any(np.any(f) for f in filt):
                 seen.add("output filter")
             for gi, (g, m, mv, coefs, fresh) in enumerate(decoded):
@@ -85,9 +86,11 @@ def test_the_conformance_streams_use_every_mode_of_the_format(model):
                         seen.add("static group")
                 if fresh:
                     modes.update(np.unique(fresh_modes(m)).tolist())
+            if any(grids):
+                seen.add("coarse grid")
     assert {INTRA, SKIP, INTER, NEAR_SKIP, NEAR_INTER} <= modes
     assert {"several segments", "rate control", "odd size", "still", "output filter", "refresh", "motion",
-            "static group", "quality 8", "streamed", "fec"} <= seen, seen
+            "static group", "quality 8", "streamed", "fec", "coarse grid"} <= seen, seen
 
 
 def test_the_conformance_script_refuses_while_the_format_has_not_moved(tmp_path):

@@ -449,3 +449,51 @@ def test_the_output_filter_round_trips_before_the_groups_and_its_bits_are_counte
     too_big[1][1, 0] = postfilter.WEIGHT_MAX + 1
     with pytest.raises(ValueError):
         coder.encode(Symbols(sym.indices, sym.modes, sym.vectors, sym.coefs, sym.quality, filter=tuple(too_big)))
+
+
+def coarse_field(rng, grid):
+    """A vector field uniform over every cell of 2 x 2 blocks (the coarse grid), odd sizes included."""
+    from vqcodec.motion import cell_shape, spread
+    return spread(rng.integers(0, VECTORS, cell_shape(*grid)), grid)
+
+
+def test_groups_on_the_coarse_grid_round_trip_and_code_a_quarter_of_the_vectors(coder):
+    from vqcodec.entropy import COARSE_VECTORS, coarse_vectors
+    from vqcodec.motion import cells
+    rng = np.random.default_rng(11)
+    groups, h, w = 5, 20, 28  # 5 x 7 blocks: the last row and column of cells hold one block across
+    sym = moving(7, groups=groups, h=h, w=w, quality=COARSE_VECTORS)
+    assert coarse_vectors(sym.quality) and not coarse_vectors(COARSE_VECTORS + 1)
+    grid = grid_shape(h, w)
+    sym.grids = np.array([False, True, False, True, True])
+    for i in (1, 3, 4):
+        sym.vectors[i] = coarse_field(rng, grid)
+    sym.vectors[2] = rng.integers(0, VECTORS, grid)
+    check_round_trip(coder, sym)
+    grids = []
+    G, D = sym.indices.shape[:2]
+    list(coder.decode_segment(coder.encode(sym), G, (D, h, w), grid, sym.quality, grids=grids)[1])
+    assert grids == [True, False, True, True]
+    # a coarse group codes one vector per cell: fewer bits than the same field per block
+    fine = dataclasses.replace(sym, grids=np.zeros(groups, dtype=bool))
+    assert coder.estimate_bits(sym) < coder.estimate_bits(fine)
+    assert cells(sym.vectors[1]).shape == (3, 4)
+
+
+def test_a_coarse_group_whose_cells_are_not_uniform_is_refused_and_high_qualities_carry_no_grid_flag(coder, monkeypatch):
+    from vqcodec.entropy import COARSE_VECTORS
+    rng = np.random.default_rng(12)
+    sym = moving(8, groups=3, quality=COARSE_VECTORS)
+    sym.grids = np.array([False, True, False])
+    sym.vectors[1] = rng.integers(0, VECTORS, sym.vectors[1].shape)
+    sym.vectors[1, 0, 0], sym.vectors[1, 0, 1] = _vec(1, 1), _vec(2, 2)
+    with pytest.raises(ValueError, match="cell"):
+        coder.encode(sym)
+    # above COARSE_VECTORS there is no grid flag, so no coarse grid either (lowered here: these
+    # tables stop at quality 3)
+    from vqcodec import entropy
+    monkeypatch.setattr(entropy, "COARSE_VECTORS", sym.quality - 1)
+    sym.vectors[1] = coarse_field(rng, sym.vectors[1].shape)
+    with pytest.raises(ValueError, match="no coarse grid"):
+        coder.encode(sym)
+    check_round_trip(coder, dataclasses.replace(sym, grids=np.zeros(3, dtype=bool)))

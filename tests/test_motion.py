@@ -319,3 +319,14 @@ def test_block_sums_and_token_masks_follow_the_blocks():
     assert mask[BLOCK:, 2 * BLOCK:].all() and mask.sum() == (h - BLOCK) * (w - 2 * BLOCK)
     sums = motion.block_sums(torch.ones(h * w), (h, w))
     assert sums.tolist() == [[16, 16, 4], [8, 8, 2]]
+
+
+def test_a_coarse_grid_spreads_each_cells_vector_over_its_blocks():
+    from vqcodec.motion import cell_shape, cells, spread
+    assert cell_shape(5, 7) == (3, 4) and cell_shape(4, 6) == (2, 3)
+    coarse = torch.arange(12).reshape(3, 4)
+    field = spread(coarse, (5, 7))
+    assert field.shape == (5, 7)
+    assert field[0, :4].tolist() == [0, 0, 1, 1] and field[4, 6] == 11 and field[3, 2] == 5
+    assert torch.equal(cells(field), coarse)
+    assert (spread(coarse.numpy(), (5, 7)) == field.numpy()).all()  # numpy alike

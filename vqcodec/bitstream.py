@@ -3,7 +3,7 @@
 File header, 72 bytes:
   off size field
     0   4  magic b"VQVC"
-    4   2  format version (u16), currently 16
+    4   2  format version (u16), currently 17
     6   2  header size in bytes (u16) = 72
     8  16  model fingerprint (first 16 bytes of SHA-256 of the model, see modelfile.py)
    24   4  width (u32)            28  4  height (u32)
@@ -108,10 +108,10 @@ MAX_AUDIO_STREAMS = 16
 MAX_AUDIO_DESCRIPTION = 1 << 16
 MAX_AUDIO_PACKET = 1 << 24
 FEC_PARITY_RANGE = {0, *range(2, 129)}
-VERSION = 16
+VERSION = 17
 # format version -> the vqcodec release that decodes it (git tag v<release>); formats 1-12 were
 # development versions, never released
-RELEASES = {13: "0.13.0", 14: "0.14.0", 15: "0.15.1", 16: "0.16.1"}  # the newest release that reads each format
+RELEASES = {13: "0.13.0", 14: "0.14.0", 15: "0.15.1", 16: "0.16.1", 17: "0.17.0"}  # the newest release that reads each format
 HEADER_SIZE = 72
 SEGMENT_HEADER_SIZE = 24
 TRAILER_SIZE = 24

@@ -25,7 +25,7 @@ from . import fec, filterfit, motion, search
 from .entropy import (COEF_MAX, FLAG_BLOCK, HISTORY_EDGES, INTER, INTRA, MODE_FIRST, MV_MAX, MV_Y_CONTEXTS, NEAR_INTER,
                       NEAR_SKIP,
                       NEVER, NNZ_BUCKET, SKIP, EntropyCoder, Symbols, first_index_keys, first_refs, fresh_mode_contexts,
-                      group_quality, index_rows, mv_neighbours, mv_pass_b, near_contexts, FRESH_PASSES, NEAR_PASSES)
+                      coarse_vectors, group_quality, index_rows, mv_neighbours, mv_pass_b, near_contexts, FRESH_PASSES, NEAR_PASSES)
 from .errors import InputError, VqvError
 from .exact import LATENT_UNIT
 from .files import open_output, resolve_device
@@ -122,6 +122,14 @@ TARGET_FROM = 6
 def target_steps(quality: int) -> int:
     """Fixed-point steps from the analysis' latent towards the source, for a segment at `quality`."""
     return 1 if quality >= TARGET_FROM else 0
+
+
+def _cell_sums(blocks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Per-block values (Hb, Wb) summed over each cell of the coarse grid (motion.CELL)."""
+    c = motion.CELL
+    hc, wc = motion.cell_shape(*grid)
+    v = torch.nn.functional.pad(blocks[None, None], (0, wc * c - grid[1], 0, hc * c - grid[0]))
+    return torch.nn.functional.avg_pool2d(v, c)[0, 0] * (c * c)
 
 
 def _neighbours3(m: torch.Tensor) -> torch.Tensor:
@@ -294,33 +302,67 @@ class SegmentCoder(Reconstruction):
 
         return rate, lambda fy, fx: tuple(in_field(fy, fx)[:2])
 
+    def _search(self, planes: tuple[torch.Tensor, ...], recon: tuple[torch.Tensor, ...], active: torch.Tensor,
+                prev_mv: torch.Tensor | None, step: float, coarse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One motion search on the block grid (`coarse`: on the cells of 2 x 2 blocks) -> the
+        vectors (Hb, Wb) (a coarse field spread over its blocks) and the field's bits."""
+        grid = active.shape
+        if coarse:
+            active, prev_mv = _cell_sums(active.float(), grid) > 0, None if prev_mv is None else motion.cells(prev_mv)
+        rate, predicted = self._mv_rate(prev_mv, active.shape)
+        mv = search.search(planes[0], recon[0] / 255.0, self.cfg.patch * (motion.CELL if coarse else 1), rate,
+                           MV_LAMBDA * 255.0 * step, prev_mv, active, predicted)
+        bits = None
+        if rate is not None:
+            dy, dx = motion.vector(mv)
+            bits = rate(dy, dx, dy, dx).sum()
+        return (motion.spread(mv, grid) if coarse else mv), bits
+
     def _predict(self, z_prev: torch.Tensor, recon: tuple[torch.Tensor, ...], planes: tuple[torch.Tensor, ...],
                  shape: tuple[int, int], still: torch.Tensor, prev_mv: torch.Tensor | None,
-                 step: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder's motion: (vectors, prediction) for the group of source `planes` from the
-        previous group's latent z_prev and decoded planes `recon`; blocks whose tokens are all `still` stand
-        still.  prev_mv: the previous group's vectors (their prediction), None in the segment's
-        second group."""
+                 step: float, cells: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The encoder's motion: (vectors, prediction, whether the vectors are coded on the coarse
+        grid) for the group of source `planes` from the previous group's latent z_prev and decoded
+        planes `recon`; blocks whose tokens are all `still` stand still.  prev_mv: the previous
+        group's vectors (their prediction), None in the segment's second group.  `cells`: given
+        where the coarse grid is allowed (entropy.coarse_vectors), each token's cost as intra
+        (distortion + lambda x bits): both grids are searched and the one whose prediction costs
+        less is taken, each token's squared error counted up to its intra cost, plus lambda x the
+        field's bits."""
+        grid = motion.grid_shape(*shape)
         active = motion.block_sums((~still).float(), shape) > 0  # the others stand still whatever the search finds
         if not bool(active.any()):  # a still group (a static scene): nothing to search
-            return torch.full(active.shape, motion.ZERO, dtype=torch.long, device=self.device), z_prev
-        rate, predicted = self._mv_rate(prev_mv, motion.grid_shape(*shape))
-        mv = search.search(planes[0], recon[0] / 255.0, self.cfg.patch, rate, MV_LAMBDA * 255.0 * step, prev_mv, active,
-                           predicted)
-        if not bool((mv != motion.ZERO).any()):
-            return mv, z_prev
-        pred = motion.predict(recon, mv, self.cfg.patch)
-        # keep a vector only where it predicts the group better than standing still, in the pixels
-        # the decoder will have (the prediction's latent is corrected to give `pred` back)
+            return torch.full(active.shape, motion.ZERO, dtype=torch.long, device=self.device), z_prev, False
         x = to_tubes(*(p[None] for p in planes), self.cfg.patch)
-        err = lambda frames: motion.block_sums(
-            ((to_tubes(*(p[None] / 255.0 for p in frames), self.cfg.patch) - x) ** 2).sum(1).reshape(-1), shape)
-        moving = (err(pred) < MC_GAIN * err(recon)) & active
-        kept = torch.where(moving, mv, motion.ZERO)
+        token_err = lambda frames: ((to_tubes(*(p[None] / 255.0 for p in frames), self.cfg.patch) - x) ** 2).sum(1).reshape(-1)
+        coarse, (mv, fine_bits) = False, self._search(planes, recon, active, prev_mv, step, False)
+        pred = None
+        if cells is not None and self._mv_bits is not None:
+            lam = LAMBDA * (step * LATENT_UNIT) ** 2
+            options = []
+            for c in (False, True):
+                field, bits = self._search(planes, recon, active, prev_mv, step, True) if c else (mv, fine_bits)
+                p = motion.predict(recon, field, self.cfg.patch)
+                cost = torch.minimum(token_err(p) * LATENT_UNIT ** 2, cells).sum() + lam * bits
+                options.append((float(cost), field, p))
+            coarse = options[1][0] < options[0][0]
+            _, mv, pred = options[int(coarse)]
+        if not bool((mv != motion.ZERO).any()):
+            return mv, z_prev, coarse
+        if pred is None:
+            pred = motion.predict(recon, mv, self.cfg.patch)
+        # keep a vector only where it predicts the group better than standing still, in the pixels
+        # the decoder will have (the prediction's latent is corrected to give `pred` back); on the
+        # coarse grid, a cell's vector where it does so over the cell
+        err = lambda frames: motion.block_sums(token_err(frames), shape)
+        gain = err(pred) < MC_GAIN * err(recon)
+        if coarse:
+            gain = motion.spread(_cell_sums(err(pred), grid) < MC_GAIN * _cell_sums(err(recon), grid), grid)
+        kept = torch.where(gain & (mv != motion.ZERO), mv, motion.ZERO)
         if not torch.equal(kept, mv):  # the edges overlap and the network sees across blocks: predict again
             pred = motion.predict(recon, kept, self.cfg.patch, update=(pred, mv))
             mv = kept
-        return mv, self.base(z_prev, recon, mv, shape, pred)
+        return mv, self.base(z_prev, recon, mv, shape, pred), coarse
 
     @torch.no_grad()
     def decide(self, groups: Iterable[tuple[torch.Tensor, tuple]], quality: int, shape: tuple[int, int],
@@ -331,7 +373,7 @@ class SegmentCoder(Reconstruction):
         pictures closest to the source (postfilter.py)."""
         stages = stages_for_quality(quality, self.cfg.stages)
         still = torch.full(motion.grid_shape(*shape), motion.ZERO, dtype=torch.long, device=self.device)
-        out_idx, out_mode, out_mv, out_coef, out_fresh = [], [], [], [], []
+        out_idx, out_mode, out_mv, out_coef, out_fresh, out_grid = [], [], [], [], [], []
         z_prev = ref = moved = z_src = prev_mv = prev_changed = hist = recon = src = None
         fit = filterfit.Fit() if size is not None and self.coder is not None else None
         for z, planes in groups:
@@ -343,7 +385,7 @@ class SegmentCoder(Reconstruction):
             idx = self.net.quantizer.encode(z, stages, self.exact.codebooks)  # the exact codebooks the decoder adds
             z_vq = self.exact.vq(idx)
             first = z_prev is None
-            mv, fresh, trial = still, first, None
+            mv, fresh, trial, coarse = still, first, None, False
             # every group after the first (a refresh too) takes the step, the lambda and the
             # coefficient tables of the next quality down
             gq = group_quality(quality, first)
@@ -354,12 +396,14 @@ class SegmentCoder(Reconstruction):
             if not fresh:
                 d_intra = ((z - self.rebuild(z_vq, None, None, c_intra, step)) ** 2).sum(1)
                 still_tok = ((z - z_src) ** 2).sum(1) <= STILL * d_intra
-                mv, z_base = self._predict(z_prev, recon, planes, shape, still_tok, prev_mv, step)
+                intra_cost = d_intra + lam * (self._index_rate(idx, ref) + self._coef_rate(c_intra, 0, gq, hist))
+                mv, z_base, coarse = self._predict(z_prev, recon, planes, shape, still_tok, prev_mv, step,
+                                                   intra_cost if coarse_vectors(quality) else None)
                 c_inter = self._quantise((z - z_base) @ self.basis.t(), ustep, 1, gq, hist)
                 z_inter = z_base + self.change(c_inter, step)
                 d_skip = ((z - z_base) ** 2).sum(1)
                 costs = torch.stack([
-                    d_intra + lam * (self._index_rate(idx, ref) + self._coef_rate(c_intra, 0, gq, hist)),
+                    intra_cost,
                     d_skip,
                     ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, gq, hist)])
                 main_bits = torch.zeros_like(costs)
@@ -400,12 +444,14 @@ class SegmentCoder(Reconstruction):
             out_mv.append(mv.cpu())
             out_coef.append(coefs.to(torch.int8).reshape(*shape, -1).cpu())
             out_fresh.append(fresh)
+            out_grid.append(coarse and not fresh)
         filt = None
         if fit is not None and z_prev is not None:
             fit.add_group(src, self.planes(z_prev, shape), *size)
             filt = fit.solve(LAMBDA * step_for_quality(quality) ** 2, self.coder.filter_bits)
         return Symbols(torch.stack(out_idx).numpy(), torch.stack(out_mode).numpy(), torch.stack(out_mv).numpy(),
-                       torch.stack(out_coef).numpy(), quality, np.array(out_fresh, dtype=bool), filt)
+                       torch.stack(out_coef).numpy(), quality, np.array(out_fresh, dtype=bool), filt,
+                       np.array(out_grid, dtype=bool))
 
     def _decide_near(self, z: torch.Tensor, z_base: torch.Tensor, z_vq: torch.Tensor, best: torch.Tensor,
                      coefs: torch.Tensor, chosen: torch.Tensor, main_bits: torch.Tensor, quality: int,

@@ -18,7 +18,10 @@ SKIP), and each token of a block that does not skip has a *mode*:
   INTER (2): the scalar coefficients of the change from its prediction.
 In a later group, the prediction is the previous group's latent of the token where its block
 stands still, and the latent of the motion-compensated previous frames where it moves: each
-later group carries a motion vector per block of tokens (motion.py).  A later group's INTRA token
+later group carries a motion vector per block of tokens (motion.py); in a segment at quality
+COARSE_VECTORS or below, a *grid* flag first says whether they come one per block (0) or one per
+cell of 2 x 2 blocks (1, the *coarse grid*: every block of a cell takes the cell's vector; the
+vectors are then coded exactly as below, on the grid of cells).  A later group's INTRA token
 outside near pass 0 (the tokens with i and j even; near_passes) then has a *near mode*, for what
 the previous group does not predict (new content, uncovered background): 0 it stays INTRA;
 1 NEAR_SKIP, its latent is the mean of its two neighbours' (as in a fresh group's finest level:
@@ -30,7 +33,7 @@ encoder's choice (codec.py); the decoder only reads them.
 Contexts (all discrete, all from data the decoder already has):
   - the static flag: 0 when the previous group was static, 1 when it was not, 2 when it is the
     segment's first or a refresh ("the segment's first" below includes a refresh); the refresh
-    flag: FLAG_REFRESH;
+    flag: FLAG_REFRESH; the grid flag: one context of its own, a fixed table (GRID_WEIGHTS);
   - vectors, in two checkerboard passes over the blocks (A: (i + j) even, then B): each is coded
     as its two components' differences from its prediction, vertical components first.  Pass A
     is predicted by the same block's vector in the previous group (still in the segment's second
@@ -93,7 +96,8 @@ format, not fitted, not adapted).
 Coding order inside a fresh group: its modes pass by pass, each pass's grouped by context, its
 indices pass by pass (grouped by key = stage * (2K + 1) + context, ascending), then its
 coefficients as below.  Inside a later group: its static flag, then (when 0) its refresh flag
-(when 1, the rest is a fresh group's), then (when 0) pass A's vertical vector components grouped
+(when 1, the rest is a fresh group's), then (when 0) its grid flag (only at quality
+COARSE_VECTORS or below), then pass A's vertical vector components grouped
 by context (ascending), its horizontal ones likewise, pass B's vertical and horizontal ones
 likewise, the block skip flags likewise, pass-A
 modes likewise, pass-B modes likewise, near modes likewise, the indices grouped by key = stage * (2K + 1) + context
@@ -113,7 +117,7 @@ import torch
 import constriction
 
 from . import postfilter
-from .motion import BLOCK, RANGE, SIDE, ZERO
+from .motion import BLOCK, RANGE, SIDE, ZERO, cell_shape, cells, spread
 
 # A segment codes its first group at its own quality and every group after it (a refresh too) at
 # the next quality down (format 11): the step 1.5x coarser and that quality's coefficient tables.
@@ -127,6 +131,17 @@ def group_quality(quality: int, first: bool) -> int:
     """The quality whose step and coefficient tables a group of a segment at `quality` codes with
     (`first`: the segment's first group)."""
     return quality if first else max(quality - LATER_QUALITY_DROP, 1)
+
+
+# A later group of a segment coded at quality COARSE_VECTORS or below carries its vectors on the
+# coarse grid (motion.CELL: one per 2 x 2 blocks): at coarse steps a vector's bits cost more than
+# the finer field predicts.
+COARSE_VECTORS = 3
+
+
+def coarse_vectors(quality: int) -> bool:
+    """Whether the later groups of a segment at `quality` code their vectors on the coarse grid."""
+    return quality <= COARSE_VECTORS
 
 
 PRECISION = 16
@@ -185,6 +200,9 @@ _v = np.abs(np.arange(-postfilter.WEIGHT_MAX, postfilter.WEIGHT_MAX + 1))
 _j = np.floor(np.log2(_v // 8 + 1)).astype(np.int64)
 FILTER_TABLE_WEIGHTS = np.where(_v == 0, 1 << 12, 1 << (11 - 2 * _j))
 FILTER_FLAG_WEIGHTS = np.array([1, 1])
+# A later group's grid flag (coarse_vectors), one context, fixed (adapted within a segment as
+# every context is): 0 its vectors on the block grid, 1 on the coarse grid.
+GRID_WEIGHTS = np.array([1, 1])
 
 
 @dataclass
@@ -203,11 +221,15 @@ class Symbols:
     quality: int
     fresh: np.ndarray | None = None
     filter: tuple | None = None
+    grids: np.ndarray | None = None
 
     def __post_init__(self):
         if self.fresh is None:
             self.fresh = np.arange(len(self.indices)) == 0
         self.fresh = np.asarray(self.fresh, dtype=bool)
+        if self.grids is None:
+            self.grids = np.zeros(len(self.indices), dtype=bool)
+        self.grids = np.asarray(self.grids, dtype=bool)
         if len(self.fresh) and not self.fresh[0]:
             raise ValueError("a segment's first group is always fresh")
 
@@ -216,7 +238,8 @@ class Symbols:
         coefficients are read at the segment's quality rather than the one below: group_quality)."""
         fresh = self.fresh[a:b].copy()
         fresh[:1] = True
-        return Symbols(self.indices[a:b], self.modes[a:b], self.vectors[a:b], self.coefs[a:b], self.quality, fresh)
+        return Symbols(self.indices[a:b], self.modes[a:b], self.vectors[a:b], self.coefs[a:b], self.quality, fresh,
+                       grids=self.grids[a:b])
 
 
 def history(coefs: np.ndarray) -> np.ndarray:
@@ -598,7 +621,17 @@ def _walk(sym: Symbols, codes: int):
         coded = ~block_tokens(skip, h, w)
         moved_a = (m != SKIP) & ~odd
         mm, near = main_modes(m), near_places(m)
-        side = [*flags, *mv_symbols(mv, prev_mv),
+        if coarse_vectors(sym.quality):
+            flags.append(("grid", np.zeros(1, dtype=np.int64), np.array([int(sym.grids[i])])))
+        elif sym.grids[i]:
+            raise ValueError(f"a segment above quality {COARSE_VECTORS} has no coarse grid")
+        if sym.grids[i]:
+            if not np.array_equal(spread(cells(mv), mv.shape), mv):
+                raise ValueError("a coarse-grid group's vectors differ inside a cell")
+            vectors = mv_symbols(cells(mv), None if prev_mv is None else cells(prev_mv))
+        else:
+            vectors = mv_symbols(mv, prev_mv)
+        side = [*flags, *vectors,
                 ("flag", block_contexts(prev_changed, mv).reshape(-1), skip.reshape(-1).astype(np.int64)),
                 ("mode", mode_contexts_a(prev_moved, h, w)[~odd & coded], mm[~odd & coded]),
                 ("mode", mode_contexts_b(moved_a, prev_moved)[odd & coded], mm[odd & coded]),
@@ -767,7 +800,7 @@ class EntropyCoder:
         self._coef_rows = self.coef_tables.reshape(-1, COEF_SYMBOLS)
         self._per_quality = self.positions * KINDS * COEF_CONTEXTS
         self._tables = {"mode": self.mode_tables, "mv": self.mv_tables, "index": self._rows, "coef": self._coef_rows,
-                        "flag": self.flag_tables}
+                        "flag": self.flag_tables, "grid": _fixed_row(GRID_WEIGHTS)[None]}
         self._models: dict[tuple[str, int], object] = {}
         bits = lambda t: -np.log2(t / float(1 << PRECISION))  # ideal code lengths
         self.bits, self.mode_bits, self.mv_bits, self.flag_bits = (
@@ -972,14 +1005,15 @@ class EntropyCoder:
         return bits
 
     def decode_segment(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
-                       mv_shape: tuple[int, int], quality: int, per_group: bool = False):
+                       mv_shape: tuple[int, int], quality: int, per_group: bool = False, grids: list | None = None):
         """A segment's words -> (its output filter (per plane (classes, width)), an iterator of its
         groups (decode_groups)).  `per_group`: the words are per-group streams (_GroupWriter); the
-        iterator raises GroupLost at the first group whose stream fails its CRC."""
+        iterator raises GroupLost at the first group whose stream fails its CRC.  `grids`: a list
+        the iterator appends each group's grid flag to (True: its vectors came on the coarse grid)."""
         self._check_quality(quality)
         dec = (_GroupReader(np.asarray(words, dtype=np.uint32)) if per_group
                else constriction.stream.queue.RangeDecoder(np.asarray(words, dtype=np.uint32)))
-        return self._decode_filter(dec), self._groups(dec, quality, n_groups, shape, mv_shape)
+        return self._decode_filter(dec), self._groups(dec, quality, n_groups, shape, mv_shape, grids)
 
     def decode_groups(self, words: np.ndarray, n_groups: int, shape: tuple[int, int, int],
                       mv_shape: tuple[int, int], quality: int):
@@ -988,7 +1022,8 @@ class EntropyCoder:
         by one group whatever n_groups is."""
         return self.decode_segment(words, n_groups, shape, mv_shape, quality)[1]
 
-    def _groups(self, dec, quality: int, n_groups: int, shape: tuple[int, int, int], mv_shape: tuple[int, int]):
+    def _groups(self, dec, quality: int, n_groups: int, shape: tuple[int, int, int], mv_shape: tuple[int, int],
+                grids: list | None = None):
         D, h, w = shape
         P = self.positions
         odd = parity(h, w)
@@ -1021,7 +1056,14 @@ class EntropyCoder:
                 for p in range(1, FRESH_PASSES):
                     modes[passes == p] = self._decode_runs(dec, state, "mode", fresh_mode_contexts(modes)[passes == p])
             else:
-                mv = self._decode_vectors(dec, state, mv, mv_shape)
+                coarse = coarse_vectors(quality) and bool(self._decode_runs(dec, state, "grid", np.zeros(1, dtype=np.int64))[0])
+                if grids is not None:
+                    grids.append(coarse)
+                if coarse:
+                    mv = spread(self._decode_vectors(dec, state, None if mv is None else cells(mv),
+                                                     cell_shape(*mv_shape)), mv_shape)
+                else:
+                    mv = self._decode_vectors(dec, state, mv, mv_shape)
                 skip = self._decode_runs(dec, state, "flag", block_contexts(prev_changed, mv).reshape(-1)
                                          ).reshape(mv_shape).astype(bool)
                 coded = ~block_tokens(skip, h, w)

@@ -43,6 +43,28 @@ def grid_shape(h_tokens: int, w_tokens: int) -> tuple[int, int]:
     return -(-h_tokens // BLOCK), -(-w_tokens // BLOCK)
 
 
+# At coarse steps a later group carries one vector per 2 x 2 blocks (32 x 32 luma pixels with
+# patch 4), its *coarse grid*: the blocks of a cell share it (entropy.coarse_vectors says when).
+CELL = 2
+
+
+def cell_shape(hb: int, wb: int) -> tuple[int, int]:
+    """The coarse grid of a (Hb, Wb) block grid."""
+    return -(-hb // CELL), -(-wb // CELL)
+
+
+def cells(field):
+    """A block field (Hb, Wb) whose cells are uniform -> its coarse grid (each cell's top-left block)."""
+    return field[::CELL, ::CELL]
+
+
+def spread(coarse, shape: tuple[int, int]):
+    """A coarse grid -> the block field (Hb, Wb) = `shape` it stands for (numpy or torch)."""
+    if isinstance(coarse, torch.Tensor):
+        return coarse.repeat_interleave(CELL, 0).repeat_interleave(CELL, 1)[:shape[0], :shape[1]]
+    return coarse.repeat(CELL, 0).repeat(CELL, 1)[:shape[0], :shape[1]]
+
+
 # Sub-pixel positions are interpolated by separable filters of integer taps summing to 2**6 (the
 # DCT-based interpolation filters of HEVC: 8 taps for each quarter-pixel phase of luma, 4 for each
 # eighth-pixel phase of chroma), rows first, then columns; the result is divided by 2**12 and

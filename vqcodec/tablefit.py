@@ -32,6 +32,8 @@ def count_symbols(sym: Symbols, codes: int, counts=None, qualities: int | None =
     per_quality = cc[0].size // COEF_SYMBOLS
     for gi, (keys, _, side, g, kinds, hist, coefs) in enumerate(_walk(sym, codes)):
         for kind, k, s in side:
+            if kind == "grid":  # a fixed table of the format's, not fitted
+                continue
             c = {"mode": cm, "mv": cv, "flag": cs}[kind]
             c += np.bincount(k * c.shape[1] + s, minlength=c.size).reshape(c.shape)
         coded = keys >= 0
