@@ -124,14 +124,6 @@ def target_steps(quality: int) -> int:
     return 1 if quality >= TARGET_FROM else 0
 
 
-def _cell_sums(blocks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Per-block values (Hb, Wb) summed over each cell of the coarse grid (motion.CELL)."""
-    c = motion.CELL
-    hc, wc = motion.cell_shape(*grid)
-    v = torch.nn.functional.pad(blocks[None, None], (0, wc * c - grid[1], 0, hc * c - grid[0]))
-    return torch.nn.functional.avg_pool2d(v, c)[0, 0] * (c * c)
-
-
 def _neighbours3(m: torch.Tensor) -> torch.Tensor:
     """entropy._neighbours3 on the device: set cells in each cell's 3x3 neighbourhood of a 2-D mask."""
     k = torch.ones(1, 1, 3, 3, device=m.device)
@@ -308,7 +300,7 @@ class SegmentCoder(Reconstruction):
         vectors (Hb, Wb) (a coarse field spread over its blocks) and the field's bits."""
         grid = active.shape
         if coarse:
-            active, prev_mv = _cell_sums(active.float(), grid) > 0, None if prev_mv is None else motion.cells(prev_mv)
+            active, prev_mv = motion.cell_sums(active.float()) > 0, None if prev_mv is None else motion.cells(prev_mv)
         rate, predicted = self._mv_rate(prev_mv, active.shape)
         mv = search.search(planes[0], recon[0] / 255.0, self.cfg.patch * (motion.CELL if coarse else 1), rate,
                            MV_LAMBDA * 255.0 * step, prev_mv, active, predicted)
@@ -357,7 +349,7 @@ class SegmentCoder(Reconstruction):
         err = lambda frames: motion.block_sums(token_err(frames), shape)
         gain = err(pred) < MC_GAIN * err(recon)
         if coarse:
-            gain = motion.spread(_cell_sums(err(pred), grid) < MC_GAIN * _cell_sums(err(recon), grid), grid)
+            gain = motion.spread(motion.cell_sums(err(pred)) < MC_GAIN * motion.cell_sums(err(recon)), grid)
         kept = torch.where(gain & (mv != motion.ZERO), mv, motion.ZERO)
         if not torch.equal(kept, mv):  # the edges overlap and the network sees across blocks: predict again
             pred = motion.predict(recon, kept, self.cfg.patch, update=(pred, mv))

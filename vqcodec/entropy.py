@@ -133,14 +133,15 @@ def group_quality(quality: int, first: bool) -> int:
     return quality if first else max(quality - LATER_QUALITY_DROP, 1)
 
 
-# A later group of a segment coded at quality COARSE_VECTORS or below carries its vectors on the
-# coarse grid (motion.CELL: one per 2 x 2 blocks): at coarse steps a vector's bits cost more than
-# the finer field predicts.
+# A later group of a segment coded at quality COARSE_VECTORS or below carries a grid flag and may
+# send its vectors on the coarse grid (motion.CELL: one per 2 x 2 blocks): at coarse steps the
+# vectors are a third of a panning clip's bits.
 COARSE_VECTORS = 3
 
 
 def coarse_vectors(quality: int) -> bool:
-    """Whether the later groups of a segment at `quality` code their vectors on the coarse grid."""
+    """Whether the later groups of a segment at `quality` carry a grid flag (their vectors may
+    then come on the coarse grid)."""
     return quality <= COARSE_VECTORS
 
 
@@ -213,7 +214,9 @@ class Symbols:
     coefs (G, h, w, P): each intra or inter token's coefficients (SKIP tokens' are ignored);
     fresh (G,): True for the groups coded as a segment's first (the first, and refreshes; None:
     the first only), whose pass-1 tokens are INTRA whatever `modes` says and whose vectors are ignored;
-    filter: the output filter's integers, per plane (classes, width) (postfilter.py; None: off)."""
+    filter: the output filter's integers, per plane (classes, width) (postfilter.py; None: off);
+    grids (G,): True for the later groups whose vectors are coded on the coarse grid (uniform over
+    each cell of 2 x 2 blocks; only where coarse_vectors(quality); None: none)."""
     indices: np.ndarray
     modes: np.ndarray
     vectors: np.ndarray

@@ -43,8 +43,8 @@ def grid_shape(h_tokens: int, w_tokens: int) -> tuple[int, int]:
     return -(-h_tokens // BLOCK), -(-w_tokens // BLOCK)
 
 
-# At coarse steps a later group carries one vector per 2 x 2 blocks (32 x 32 luma pixels with
-# patch 4), its *coarse grid*: the blocks of a cell share it (entropy.coarse_vectors says when).
+# At coarse steps a later group may carry one vector per 2 x 2 blocks (32 x 32 luma pixels with
+# patch 4), its *coarse grid*: the blocks of a cell share it (entropy.coarse_vectors says where).
 CELL = 2
 
 
@@ -297,9 +297,18 @@ def token_mask(symbols: torch.Tensor, h_tokens: int, w_tokens: int) -> torch.Ten
     return block_mask(symbols != ZERO, h_tokens, w_tokens)
 
 
+def _tile_sums(values: torch.Tensor, k: int) -> torch.Tensor:
+    """A 2-D grid of values summed over each k x k tile (the last ones cut by the edge) -> (ceil(H / k), ceil(W / k))."""
+    h, w = values.shape
+    v = F.pad(values[None, None], (0, -(-w // k) * k - w, 0, -(-h // k) * k - h))
+    return F.avg_pool2d(v, k)[0, 0] * (k * k)
+
+
 def block_sums(values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Per-token values (h*w,) summed over each block -> (Hb, Wb)."""
-    h, w = shape
-    hb, wb = grid_shape(h, w)
-    v = F.pad(values.reshape(1, 1, h, w), (0, wb * BLOCK - w, 0, hb * BLOCK - h))
-    return F.avg_pool2d(v, BLOCK)[0, 0] * (BLOCK * BLOCK)
+    return _tile_sums(values.reshape(shape), BLOCK)
+
+
+def cell_sums(blocks: torch.Tensor) -> torch.Tensor:
+    """Per-block values (Hb, Wb) summed over each cell of the coarse grid -> cell_shape(Hb, Wb)."""
+    return _tile_sums(blocks, CELL)
