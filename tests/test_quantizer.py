@@ -37,6 +37,24 @@ def test_each_stage_reduces_error():
     assert errs[-1] < 0.25 * float((x ** 2).mean())
 
 
+def test_the_tree_searchs_combinations_start_with_the_greedy_one_and_keep_each_stages_nearest():
+    q = ResidualVQ(8, 2, 32)
+    x = data(300, 8, seed=5)
+    q.kmeans_init(x)
+    books = q.codebooks.detach()
+    idx, sums = ResidualVQ.candidates(x, books, (4, 3))
+    assert idx.shape == (2, 300, 12) and sums.shape == (300, 12, 8)
+    assert torch.equal(idx[:, :, 0], q.encode(x, 2))  # the greedy combination first
+    assert torch.allclose(sums, books[0][idx[0]] + books[1][idx[1]], atol=1e-5)
+    for i in range(0, 300, 37):
+        first = torch.cdist(x[i:i + 1].double(), books[0].double())[0].argsort()[:4]
+        assert torch.equal(idx[0, i].reshape(4, 3)[:, 0], first)  # stage 1: the 4 nearest, in order
+        for a in range(4):  # stage 2: the 3 nearest to what each of those leaves
+            left = x[i] - books[0][first[a]]
+            assert set(idx[1, i].reshape(4, 3)[a].tolist()) == set(
+                torch.cdist(left[None].double(), books[1].double())[0].argsort()[:3].tolist())
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ema_moves_codebook_towards_data_and_restarts_dead_codes(seed):
     torch.manual_seed(seed)

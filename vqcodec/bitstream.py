@@ -111,7 +111,7 @@ FEC_PARITY_RANGE = {0, *range(2, 129)}
 VERSION = 17
 # format version -> the vqcodec release that decodes it (git tag v<release>); formats 1-12 were
 # development versions, never released
-RELEASES = {13: "0.13.0", 14: "0.14.0", 15: "0.15.1", 16: "0.16.1", 17: "0.17.0"}  # the newest release that reads each format
+RELEASES = {13: "0.13.0", 14: "0.14.0", 15: "0.15.1", 16: "0.16.1", 17: "0.17.1"}  # the newest release that reads each format
 HEADER_SIZE = 72
 SEGMENT_HEADER_SIZE = 24
 TRAILER_SIZE = 24

@@ -32,7 +32,7 @@ from .files import open_output, resolve_device
 from .runtime import Threads
 from .model import to_tubes
 from .modelfile import CodecModel, load_model
-from .quantizer import scalar_quantise, tube_basis
+from .quantizer import ResidualVQ, scalar_quantise, tube_basis
 from .reconstruct import QUALITY_LEVELS, Reconstruction, stages_for_quality, step_for_quality
 from .video import Frame, VideoSource, centre_crop, frames_text, read_frames
 
@@ -106,6 +106,13 @@ REFRESH = 0.5
 # missed cuts (bikes' at q2: 29 % of the tokens intra, its group costing more than at q3).  Ordinary
 # groups measured up to 19 % (carphone q7), where the trial never won.
 REFRESH_TRY = 0.2
+# An intra token's VQ indices by rate and distortion (encoder only): of the combinations a tree
+# search keeps (RD_VQ[k] codewords nearest to what stage k's predecessors leave: the greedy one
+# and its runners-up), the one of least distortion + lambda x (its index bits + its coefficients'
+# bits); tried where the greedy indices' intra cost times RD_VQ_TRY is below every other mode's.
+RD_VQ = (4, 2)
+RD_VQ_TRY = 0.8
+RD_VQ_CHUNK = 4096  # tokens at a time (8 combinations of 48 values each)
 BITS_PER_INDEX = 5.0  # rate of an index before a model has tables (while they are fitted)
 # The analysis network is not the synthesis' inverse: synthesis(analysis(x)) is only 43.1 dB from
 # x on carphone (50.0 on bigbuckbunny, 58.1 on bikes), a ceiling every moving block paid again in
@@ -398,6 +405,9 @@ class SegmentCoder(Reconstruction):
                     intra_cost,
                     d_skip,
                     ((z - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, gq, hist)])
+                if self.coder is not None:  # the tokens that may code intra: their indices by their cost
+                    maybe = torch.nonzero((RD_VQ_TRY * costs[0] < costs[1:].min(0).values) & ~still_tok)[:, 0]
+                    costs[0, maybe] = self._choose_indices(z, idx, z_vq, c_intra, maybe, ref[:, maybe], gq, hist[maybe])
                 main_bits = torch.zeros_like(costs)
                 if self._mode_bits is not None:  # the modes' own bits, in their pass-A contexts
                     main_bits = lam * self._mode_bits[self._mode_context(moved, shape)].t()
@@ -415,7 +425,7 @@ class SegmentCoder(Reconstruction):
                 mv, prev_mv, moved, prev_changed = still, None, None, None
                 if trial is None:
                     trial = self._decide_fresh(z, idx, z_vq, c_intra, gq, shape)
-                mode, coefs, z_prev, ref = trial[:4]
+                mode, coefs, z_prev, ref, _, idx = trial
                 hist = self.history(coefs)
             else:
                 prev_mv = mv
@@ -487,13 +497,16 @@ class SegmentCoder(Reconstruction):
     def _decide_fresh(self, z: torch.Tensor, idx: torch.Tensor, z_vq: torch.Tensor, c_intra: torch.Tensor,
                       quality: int, shape: tuple[int, int]):
         """A fresh group's choices: pass-0 tokens INTRA; each later pass's token, pass by pass, the
-        mode of least distortion + lambda x bits against its spatial prediction.  -> (modes, coefficients,
-        latent, each token's reference indices for the next group's index contexts, the group's
-        distortion + lambda x bits as the choices estimate it, vectors and flags aside)."""
+        mode of least distortion + lambda x bits against its spatial prediction (an intra token's
+        indices chosen by _choose_indices, from the greedy `idx`, `z_vq`, `c_intra`, which stay
+        unchanged).  -> (modes, coefficients, latent, each token's reference indices for the next
+        group's index contexts, the group's distortion + lambda x bits as the choices estimate it,
+        vectors and flags aside, the indices (D, N) it codes)."""
         step = step_for_quality(quality)
         ustep = step * LATENT_UNIT
         lam = LAMBDA * ustep * ustep  # x 0.25 .. 2 measured the same (BENCHMARKS.md)
         S, N = idx.shape
+        idx, z_vq = idx.clone(), z_vq.clone()  # _choose_indices changes them in place (g shares idx's memory)
         g = idx.reshape(S, *shape).cpu().numpy()
         never = torch.full((N,), NEVER, dtype=torch.long, device=self.device)
         mode = torch.full((N,), INTRA, dtype=torch.long, device=self.device)
@@ -505,6 +518,9 @@ class SegmentCoder(Reconstruction):
         rows = 0 if self.coder is None else torch.from_numpy(
             first_index_keys(g, mode.reshape(shape).cpu().numpy(), self.coder.codes, 0).reshape(S, N)
             % index_rows(self.coder.codes)).to(self.device)[:, first]
+        if self.coder is not None:  # every pass-0 token is intra: its indices by their cost
+            self._choose_indices(z, idx, z_vq, coefs, first, rows, quality, never[first], d_intra, r_intra)
+            rec[first] = self.rebuild(z_vq[first], None, None, coefs[first], step)
         cost = (d_intra[first] + lam * (self._index_rate(idx[:, first], rows) + r_intra[first])).sum()
         for p in range(1, FRESH_PASSES):  # each pass's tokens only (1/64 .. 1/2 of them)
             at = self._pass_tokens(shape, p)
@@ -521,6 +537,12 @@ class SegmentCoder(Reconstruction):
             if self._mode_bits is not None:
                 ctx = torch.from_numpy(fresh_mode_contexts(m).reshape(-1)).to(self.device)[at]
                 costs += lam * self._mode_bits[ctx].t()
+            if self.coder is not None:  # the tokens that may code intra: their indices by their cost
+                maybe = torch.nonzero(RD_VQ_TRY * costs[0] < costs[1:].min(0).values)[:, 0]
+                sub, r = at[maybe], rows[:, maybe]
+                was = d_intra[sub] + lam * (self._index_rate(idx[:, sub], r) + r_intra[sub])
+                costs[0, maybe] += self._choose_indices(z, idx, z_vq, coefs, sub, r, quality, never[sub],
+                                                        d_intra, r_intra) - was
             choice = costs.argmin(0)
             cost += costs.gather(0, choice[None]).sum()
             mode[at] = choice
@@ -528,7 +550,40 @@ class SegmentCoder(Reconstruction):
                                     torch.where((choice == SKIP)[:, None], 0, coefs[at]))
             rec = self.fresh_pass(rec, z_vq, mode, coefs, step, shape, p, pred)
         ref = torch.from_numpy(first_refs(g, mode.reshape(shape).cpu().numpy()).reshape(S, N)).to(self.device)
-        return mode, coefs, rec, ref, float(cost)
+        return mode, coefs, rec, ref, float(cost), idx
+
+    def _choose_indices(self, z: torch.Tensor, idx: torch.Tensor, z_vq: torch.Tensor, coefs: torch.Tensor,
+                        at: torch.Tensor, rows: torch.Tensor, quality: int, hist: torch.Tensor,
+                        dist: torch.Tensor | None = None, coef_bits: torch.Tensor | None = None) -> torch.Tensor:
+        """The intra coding of the tokens `at` (positions), their index contexts `rows` (D, n) and
+        histories `hist` (n,): of quantizer.candidates' combinations (RD_VQ), the indices of least
+        distortion + lambda x (index bits + coefficient bits), written in place into idx (D, N),
+        z_vq and coefs (N, ...) and, when given, their distortion and coefficient bits (N,).
+        -> their intra costs (n,)."""
+        step = step_for_quality(quality)
+        ustep = step * LATENT_UNIT
+        lam = LAMBDA * ustep * ustep
+        S = idx.shape[0]
+        out = []
+        for i in range(0, len(at), RD_VQ_CHUNK):
+            part, r, h = at[i:i + RD_VQ_CHUNK], rows[:, i:i + RD_VQ_CHUNK], hist[i:i + RD_VQ_CHUNK]
+            src = z[part]
+            n, d = src.shape
+            cand, sums = ResidualVQ.candidates(src, self.exact.codebooks, RD_VQ[:S])
+            m = cand.shape[2]
+            every, vq = cand.reshape(S, -1), sums.reshape(-1, d)
+            target = src[:, None].expand(n, m, d).reshape(-1, d)
+            hh = h[:, None].expand(n, m).reshape(-1)
+            c = self._quantise((target - vq) @ self.basis.t(), ustep, 0, quality, hh)
+            cb = self._coef_rate(c, 0, quality, hh)
+            dd = ((target - self.rebuild(vq, None, None, c, step)) ** 2).sum(1)
+            j = dd + lam * (cb + self._index_rate(every, r[:, :, None].expand(S, n, m).reshape(S, -1)))
+            best = j.reshape(n, m).argmin(1) + torch.arange(n, device=z.device) * m
+            idx[:, part], z_vq[part], coefs[part] = every[:, best], vq[best], c[best]
+            if dist is not None:
+                dist[part], coef_bits[part] = dd[best], cb[best]
+            out.append(j[best])
+        return torch.cat(out) if out else z.new_zeros(0)
 
     def _skip_blocks(self, best: torch.Tensor, costs: torch.Tensor, d_skip: torch.Tensor, lam: float,
                      prev_changed: torch.Tensor | None, mv: torch.Tensor, shape: tuple[int, int]) -> None:

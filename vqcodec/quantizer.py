@@ -61,6 +61,26 @@ class ResidualVQ(nn.Module):
             residual -= books[k][idx]
         return out
 
+    @staticmethod
+    @torch.no_grad()
+    def candidates(z: torch.Tensor, books: torch.Tensor, per_stage: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A tree search's combinations of codewords for each row of z (N, D): at stage k, for each
+        combination so far, the per_stage[k] codewords of books[k] nearest to what it leaves.
+        -> indices (S, N, M) and the sums of their codewords (N, M, D), S = len(per_stage),
+        M = the product of per_stage; the greedy combination (encode's) first."""
+        n, d = z.shape
+        idx = torch.zeros(0, n, 1, dtype=torch.long, device=z.device)
+        sums = torch.zeros(n, 1, d, device=z.device)
+        for k, r in enumerate(per_stage):
+            book = books[k]
+            m = sums.shape[1]
+            # |residual|^2 is the same for every codeword: ranking by |c|^2 - 2 residual . c
+            top = torch.addmm((book * book).sum(1), (z[:, None] - sums).reshape(n * m, d), book.t(),
+                              alpha=-2.0).topk(r, dim=1, largest=False).indices.reshape(n, m, r)
+            idx = torch.cat([idx[:, :, :, None].expand(k, n, m, r), top[None]]).reshape(k + 1, n, m * r)
+            sums = (sums[:, :, None] + book[top]).reshape(n, m * r, d)
+        return idx, sums
+
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """indices (S, N) of the first S stages -> the sum of their codewords (N, D)."""
         z = self.codebooks[0][indices[0]]
