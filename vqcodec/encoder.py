@@ -518,10 +518,11 @@ class SegmentCoder(Reconstruction):
         rows = 0 if self.coder is None else torch.from_numpy(
             first_index_keys(g, mode.reshape(shape).cpu().numpy(), self.coder.codes, 0).reshape(S, N)
             % index_rows(self.coder.codes)).to(self.device)[:, first]
-        if self.coder is not None:  # every pass-0 token is intra: its indices by their cost
-            self._choose_indices(z, idx, z_vq, coefs, first, rows, quality, never[first], d_intra, r_intra)
+        if self.coder is None:
+            cost = (d_intra[first] + lam * (self._index_rate(idx[:, first], rows) + r_intra[first])).sum()
+        else:  # every pass-0 token is intra: its indices by their cost
+            cost = self._choose_indices(z, idx, z_vq, coefs, first, rows, quality, never[first]).sum()
             rec[first] = self.rebuild(z_vq[first], None, None, coefs[first], step)
-        cost = (d_intra[first] + lam * (self._index_rate(idx[:, first], rows) + r_intra[first])).sum()
         for p in range(1, FRESH_PASSES):  # each pass's tokens only (1/64 .. 1/2 of them)
             at = self._pass_tokens(shape, p)
             pred, src = self.spatial_prediction(rec, shape, at), z[at]
@@ -534,15 +535,14 @@ class SegmentCoder(Reconstruction):
             costs = torch.stack([d_intra[at] + lam * (self._index_rate(idx[:, at], rows) + r_intra[at]),
                                  ((src - pred) ** 2).sum(1),
                                  ((src - z_inter) ** 2).sum(1) + lam * self._coef_rate(c_inter, 1, quality, never[at])])
-            if self._mode_bits is not None:
+            if self._mode_bits is not None:  # the modes' bits; the tokens that may code intra: their indices by their cost
                 ctx = torch.from_numpy(fresh_mode_contexts(m).reshape(-1)).to(self.device)[at]
-                costs += lam * self._mode_bits[ctx].t()
-            if self.coder is not None:  # the tokens that may code intra: their indices by their cost
-                maybe = torch.nonzero(RD_VQ_TRY * costs[0] < costs[1:].min(0).values)[:, 0]
-                sub, r = at[maybe], rows[:, maybe]
-                was = d_intra[sub] + lam * (self._index_rate(idx[:, sub], r) + r_intra[sub])
-                costs[0, maybe] += self._choose_indices(z, idx, z_vq, coefs, sub, r, quality, never[sub],
-                                                        d_intra, r_intra) - was
+                mode_bits = lam * self._mode_bits[ctx].t()
+                maybe = torch.nonzero(RD_VQ_TRY * (costs[0] + mode_bits[0])
+                                      < (costs[1:] + mode_bits[1:]).min(0).values)[:, 0]
+                costs[0, maybe] = self._choose_indices(z, idx, z_vq, coefs, at[maybe], rows[:, maybe], quality,
+                                                       never[at[maybe]])
+                costs += mode_bits
             choice = costs.argmin(0)
             cost += costs.gather(0, choice[None]).sum()
             mode[at] = choice
@@ -553,13 +553,11 @@ class SegmentCoder(Reconstruction):
         return mode, coefs, rec, ref, float(cost), idx
 
     def _choose_indices(self, z: torch.Tensor, idx: torch.Tensor, z_vq: torch.Tensor, coefs: torch.Tensor,
-                        at: torch.Tensor, rows: torch.Tensor, quality: int, hist: torch.Tensor,
-                        dist: torch.Tensor | None = None, coef_bits: torch.Tensor | None = None) -> torch.Tensor:
+                        at: torch.Tensor, rows: torch.Tensor, quality: int, hist: torch.Tensor) -> torch.Tensor:
         """The intra coding of the tokens `at` (positions), their index contexts `rows` (D, n) and
         histories `hist` (n,): of quantizer.candidates' combinations (RD_VQ), the indices of least
         distortion + lambda x (index bits + coefficient bits), written in place into idx (D, N),
-        z_vq and coefs (N, ...) and, when given, their distortion and coefficient bits (N,).
-        -> their intra costs (n,)."""
+        z_vq and coefs (N, ...).  -> their intra costs (n,)."""
         step = step_for_quality(quality)
         ustep = step * LATENT_UNIT
         lam = LAMBDA * ustep * ustep
@@ -580,8 +578,6 @@ class SegmentCoder(Reconstruction):
             j = dd + lam * (cb + self._index_rate(every, r[:, :, None].expand(S, n, m).reshape(S, -1)))
             best = j.reshape(n, m).argmin(1) + torch.arange(n, device=z.device) * m
             idx[:, part], z_vq[part], coefs[part] = every[:, best], vq[best], c[best]
-            if dist is not None:
-                dist[part], coef_bits[part] = dd[best], cb[best]
             out.append(j[best])
         return torch.cat(out) if out else z.new_zeros(0)
 
